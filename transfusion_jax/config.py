@@ -1,0 +1,118 @@
+"""Config loading and validation helpers (a leaf: imports nothing of the project).
+
+Every experiment config starts from `base_config()`, a *locked* `ml_collections.ConfigDict`
+holding every key the trainer reads with its default, so a misspelt key (in a config file or
+as ``--config.train.stpes=5``) fails at once instead of being silently ignored. Names that
+pick an implementation (model, dataset, optimizer, ...) are checked against the explicit
+dicts that implement them by `check_choice`, whose error lists the valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value a user must fix; the message names the key and the valid choices."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the training job reads, with its default."""
+    c = ml_collections.ConfigDict()
+    c.job = "train"  # train (later: sweep, similarity, report)
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cbr_tiny"
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # Family-specific constructor options (e.g. width for CBR); free-form by design.
+    c.model.options = ml_collections.ConfigDict({"width": 1.0})
+
+    c.init = ml_collections.ConfigDict()
+    c.init.name = "random"
+    c.init.options = ml_collections.ConfigDict({"scheme": "he_normal"})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "mnist5k"
+    c.data.data_dir = ""  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.image_key = "image"
+    c.data.label_key = "label"
+    c.data.image_size = 28
+    c.data.channels = 1
+    c.data.normalize = "zero_one"
+    c.data.train_examples = 0  # 0 = all; else a seeded subset (small-data regime)
+    c.data.num_threads = 4
+    c.data.augment = ml_collections.ConfigDict({"crop_padding": 0, "flip": False})
+    c.data.folder = ml_collections.ConfigDict({
+        "root": "", "csv": "labels.csv", "image_column": "image",
+        "label_columns": ("label",), "split_column": "split", "classes": ()})
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.batch_size = 64
+    c.train.loss = "auto"  # auto (from the dataset) | softmax | sigmoid
+    c.train.optimizer = ml_collections.ConfigDict({
+        "name": "sgd", "momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999,
+        "eps": 1e-8})
+    c.train.schedule = ml_collections.ConfigDict({
+        "name": "cosine", "base_lr": 0.1, "warmup_steps": 0, "end_lr_factor": 0.0,
+        "boundaries": (), "decay_factor": 0.1})
+    c.train.weight_decay = 0.0
+    c.train.weight_decay_mask = "kernel$"  # regex on parameter paths that decay
+    c.train.grad_clip_norm = 0.0  # 0 = no clipping
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 100
+    c.eval.batch_size = 256
+
+    c.convergence = ml_collections.ConfigDict()
+    c.convergence.metric = "accuracy"
+    c.convergence.threshold = 0.9
+    c.convergence.mode = "max"  # max: reached when metric >= threshold; min: <=
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100
+    c.checkpoint.keep_last = 3
+    c.checkpoint.keep_every = 0  # also keep every K-th step forever (0 = none)
+    c.checkpoint.async_save = True
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 50
+    c.log.tensorboard = True  # written when tensorboardX is installed
+    c.log.plot = True
+    c.lock()
+    # Family- and strategy-specific options stay open: config files may add keys to them.
+    c.model.options.unlock()
+    c.init.options.unlock()
+    return c
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """Raises `ConfigError` unless ``value`` is one of ``choices``.
+
+    The message names the key, the bad value, the closest valid name and all valid names.
+    """
+    choices = sorted(choices)
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{key}={value!r} is not valid{hint}; choose one of: {', '.join(choices)}")
+
+
+def check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
+    """Raises `ConfigError` unless ``value`` is a positive (or non-negative) number."""
+    if not isinstance(value, int | float) or value < 0 or (value == 0 and not allow_zero):
+        what = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{key}={value!r} must be a {what} number")
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A JSON-serialisable plain dict of a config (tuples become lists)."""
+    return ml_collections.ConfigDict(config).to_dict()

@@ -1,0 +1,163 @@
+"""Opening datasets as random-access sources (for grain) with clear errors.
+
+`open_source` is the one entry point: it returns a `grain`-compatible source (``len`` and
+``__getitem__`` giving ``{"image": uint8 (h, w, c), "label": int | float32 (k,)}``) plus a
+`DatasetMeta`. Names resolve in this order:
+
+1. ``image_folder``: a local folder of images with a labels CSV (`folder.ImageFolderSource`),
+   the shape of art datasets such as RASTA, Paintings or IconArt.
+2. The shipped datasets of `shipped.SHIPPED_BUILDERS` (``mnist5k``, ``digits``,
+   ``fashion_mnist``): prepared into ``data_dir`` on first use, offline, in seconds.
+3. Any other tfds name (``cifar10``, ``diabetic_retinopathy_detection``, ``chexpert``,
+   ``imagenet2012``, ...): read from ``data_dir`` as already prepared with
+   ``file_format="array_record"``. Nothing is downloaded; an unprepared dataset raises
+   `DatasetNotFoundError` saying where tfds looked and how to prepare it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transfusion_jax.data.errors import DatasetNotFoundError
+from transfusion_jax.data.folder import ImageFolderSource
+from transfusion_jax.data.shipped import SHIPPED_BUILDERS
+
+log = logging.getLogger(__name__)
+
+FOLDER_DATASET = "image_folder"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+    """What the model and the loss need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    multi_label: bool
+    num_examples: int
+
+
+def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` (tfds's own default)."""
+    return os.environ.get("TFDS_DATA_DIR", str(Path("~/tensorflow_datasets").expanduser()))
+
+
+def _quiet_tfds():
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    return tfds
+
+
+class _RecordSource:
+    """Adapts a tfds data source to ``{"image", "label"}`` records with chosen keys."""
+
+    def __init__(self, source: Any, image_key: str, label_key: str):
+        self._source = source
+        self._image_key = image_key
+        self._label_key = label_key
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self._source[index]
+        return {"image": np.asarray(record[self._image_key]),
+                "label": np.asarray(record[self._label_key])}
+
+    def __repr__(self) -> str:
+        return f"_RecordSource({self._source!r})"
+
+
+def _label_meta(builder: Any, name: str, label_key: str) -> tuple[int, bool]:
+    """``(num_classes, multi_label)`` from a builder's label feature."""
+    import tensorflow_datasets as tfds
+
+    features = builder.info.features
+    if label_key not in features:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} has no feature {label_key!r}; its features are "
+            f"{sorted(features.keys())}: set --config.data.label_key")
+    label = features[label_key]
+    if isinstance(label, tfds.features.ClassLabel):
+        return label.num_classes, False
+    if isinstance(label, tfds.features.Sequence) and isinstance(label.feature,
+                                                                 tfds.features.ClassLabel):
+        raise DatasetNotFoundError(
+            f"dataset {name!r} has variable-length labels {label_key!r}; convert them to a "
+            "fixed multi-hot tensor before training on them")
+    shape = getattr(label, "shape", ())
+    if len(shape) == 1 and shape[0]:
+        return int(shape[0]), True
+    raise DatasetNotFoundError(
+        f"dataset {name!r}: label feature {label_key!r} is neither a ClassLabel nor a fixed "
+        "multi-hot vector; set --config.data.label_key to one that is")
+
+
+def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: str):
+    tfds = _quiet_tfds()
+    if name in SHIPPED_BUILDERS:
+        builder = SHIPPED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            log.info("preparing %s into %s (offline, once)", name, builder.data_dir)
+            builder.download_and_prepare()
+    else:
+        try:
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise DatasetNotFoundError(
+                f"unknown dataset {name!r}: it is neither one of the shipped datasets "
+                f"({', '.join(sorted(SHIPPED_BUILDERS))}), nor {FOLDER_DATASET!r}, nor a "
+                "tensorflow-datasets name (see the tfds catalog)") from e
+        if not builder.is_prepared():
+            raise DatasetNotFoundError(
+                f"dataset {name!r} is not prepared: tfds looked in {builder.data_dir}. "
+                f"Prepare it once with `tfds build {name} --data_dir={data_dir} "
+                "--file_format=array_record` (manual-download datasets such as "
+                "diabetic_retinopathy_detection, chexpert and imagenet2012 also need "
+                "--manual_dir=FOLDER_WITH_THE_ARCHIVES), or set --config.data.data_dir.")
+        file_format = str(builder.info.file_format or "")
+        if "array_record" not in file_format:
+            raise DatasetNotFoundError(
+                f"dataset {name!r} in {builder.data_dir} was prepared as "
+                f"{file_format or 'tfrecord'}, which needs TensorFlow to read; re-prepare it with "
+                "--file_format=array_record")
+    try:
+        source = builder.as_data_source(split=split)
+    except (ValueError, KeyError) as e:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} has no split {split!r} (splits: "
+            f"{', '.join(sorted(builder.info.splits.keys()))}): {e}") from e
+    num_classes, multi_label = _label_meta(builder, name, label_key)
+    meta = DatasetMeta(name, num_classes, multi_label, len(source))
+    return _RecordSource(source, image_key, label_key), meta
+
+
+def open_source(data_config: Any, split: str) -> tuple[Any, DatasetMeta]:
+    """Opens one split of the dataset a config names.
+
+    Args:
+      data_config: the ``config.data`` section (``name``, ``data_dir``, ``image_key``,
+        ``label_key`` and, for ``image_folder``, the ``folder`` section).
+      split: a tfds split string (``"train"``, ``"test[:500]"``, ...); for ``image_folder``
+        the value of the CSV's split column.
+
+    Returns:
+      ``(source, meta)``: a random-access source of ``{"image", "label"}`` and its meta.
+    """
+    name = data_config.name
+    if name == FOLDER_DATASET:
+        folder = data_config.folder
+        source = ImageFolderSource(
+            root=folder.root, csv_path=folder.csv, split=split,
+            image_column=folder.image_column, label_columns=tuple(folder.label_columns),
+            split_column=folder.split_column, classes=tuple(folder.classes) or None)
+        return source, DatasetMeta(name, source.num_classes, source.multi_label, len(source))
+    data_dir = data_config.data_dir or default_data_dir()
+    return _open_tfds(name, split, data_dir, data_config.image_key, data_config.label_key)

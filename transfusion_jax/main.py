@@ -1,0 +1,82 @@
+"""Entry point: ``python -m transfusion_jax.main --config=configs/NAME.py[:ARG] --workdir=DIR``.
+
+Any config value can be overridden on the command line (``--config.train.steps=200``).
+Problems a user can fix (a bad config key or value, a missing dataset, a NaN loss) end the
+process with one ``error: ...`` line naming the fix and exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _train(config, workdir: str) -> None:
+    from transfusion_jax.train.loop import train_and_evaluate
+
+    train_and_evaluate(config, workdir)
+
+
+JOBS: dict[str, Callable] = {"train": _train}
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from transfusion_jax.config import ConfigError
+    from transfusion_jax.data import DataError
+    from transfusion_jax.train.loop import NonFiniteLossError
+
+    return (ConfigError, DataError, NonFiniteLossError, KeyError, TypeError, ValueError)
+
+
+def _setup_jax() -> None:
+    import jax
+
+    from transfusion_jax import parallel
+
+    cache = os.environ.get("TFJ_COMPILATION_CACHE", os.path.expanduser("~/.cache/tfj_jax"))
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+    parallel.initialize_distributed()
+
+
+def setup_logging() -> None:
+    """Project messages at INFO on stderr; library chatter (Orbax, absl) at WARNING."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    project = logging.getLogger("transfusion_jax")
+    if not project.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        project.addHandler(handler)
+    project.setLevel(logging.INFO)
+    project.propagate = False
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    setup_logging()
+    config = _CONFIG.value
+    from transfusion_jax.config import check_choice
+
+    try:
+        check_choice("job", config.job, JOBS)
+        _setup_jax()
+        JOBS[config.job](config, _WORKDIR.value)
+    except _user_errors() as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        sys.exit(f"error: {message}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run: train state, data-iterator state and metadata per step.
+
+Layout: ``WORKDIR/checkpoints/<step>/{state,data,meta}``. The last ``keep_last`` steps are
+kept, and also every step that is a multiple of ``keep_every`` (a trajectory for similarity
+sweeps). Saves are asynchronous and always awaited before the process exits, so no
+``*.orbax-checkpoint-tmp*`` folder survives a clean exit; a folder left by a killed process
+is never read (Orbax only lists finalised steps) and is removed on the next start.
+Restoring always goes into an abstract target (shapes, dtypes and shardings), never into a
+guessed structure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "meta")
+
+
+class Checkpointer:
+    """A thin wrapper over `ocp.CheckpointManager` for this project's three items.
+
+    Args:
+      directory: where step folders go (created if absent).
+      keep_last: how many of the newest checkpoints to keep.
+      keep_every: also keep every step divisible by this (0 = none).
+      async_save: write in a background thread (awaited by `wait` / `close`).
+    """
+
+    def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_every: int = 0,
+                 async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep_last, keep_period=keep_every or None, create=True,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        """The newest finalised step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Every finalised step, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict[str, Any],
+             meta: dict[str, Any]) -> None:
+        """Starts saving ``step`` (asynchronously when enabled)."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Restores ``(state, data_state, meta)`` of ``step`` into ``abstract_state``."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["data"], restored["meta"]
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        """Only the metadata of ``step`` (config, metrics), cheap."""
+        return self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are finalised."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """`jax.ShapeDtypeStruct`s of ``tree`` (arrays or shape structs) with ``sharding``."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        tree)

@@ -1,0 +1,194 @@
+"""The training loop: train, evaluate, track convergence, checkpoint, resume.
+
+`train_and_evaluate(config, workdir)` is the whole job. Re-running it on the same workdir
+resumes from the newest checkpoint (state, data-iterator position, convergence record), so
+a run killed at any point and restarted ends exactly where an uninterrupted run does.
+A NaN or infinite loss stops the run with `NonFiniteLossError` naming the step; the state
+is checked before every checkpoint, so the last checkpoint on disk is always a good one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from transfusion_jax import parallel
+from transfusion_jax.config import ConfigError, to_dict
+from transfusion_jax.data import eval_batches, train_dataset, train_iterator
+from transfusion_jax.train.checkpoint import Checkpointer, abstract_like
+from transfusion_jax.train.convergence import ConvergenceTracker
+from transfusion_jax.train.evaluate import evaluate
+from transfusion_jax.train.plots import plot_curves
+from transfusion_jax.train.progress import Progress
+from transfusion_jax.train.setup import abstract_state, build_run, initial_state, validate
+from transfusion_jax.train.step import empty_metrics, make_eval_step, make_train_step
+from transfusion_jax.train.summary import write_summary
+from transfusion_jax.train.writer import MetricWriter, read_metrics
+
+log = logging.getLogger(__name__)
+
+# Config sections that must match for a workdir to be resumed.
+RESUME_KEYS = ("seed", "model", "init", "data")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def _check_finite(losses: list[jax.Array], first_step: int, checkpoints: Path,
+                  last_good: int | None) -> None:
+    """Raises `NonFiniteLossError` at the first non-finite loss of ``losses``."""
+    if not losses:
+        return
+    values = np.asarray(jax.device_get(jax.numpy.stack(losses)))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        step = first_step + int(bad[0])
+        where = (f"the last good checkpoint is step {last_good} in {checkpoints}"
+                 if last_good is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"training loss became {values[bad[0]]} at step {step}; stopped without saving "
+            f"({where}). Lower train.schedule.base_lr, add warm-up "
+            "(train.schedule.warmup_steps) or set train.grad_clip_norm.")
+
+
+def _check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                     workdir: Path) -> None:
+    current = to_dict(config)
+    changed = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
+    if changed:
+        raise ConfigError(
+            f"{workdir} holds a run whose config differs in {', '.join(changed)}; resume with "
+            "the same config or choose a new --workdir")
+
+
+def _title(config: ml_collections.ConfigDict) -> str:
+    return (f"{config.model.name} ({config.init.name} init) on {config.data.name}, "
+            f"seed {config.seed}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Trains (or resumes) the run of ``config`` in ``workdir``; returns its summary."""
+    workdir = Path(workdir).absolute()
+    mesh = parallel.data_mesh()
+    validate(config, parallel.num_data_shards(mesh))
+    setup = build_run(config)
+    if parallel.is_writer():
+        workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
+                        keep_every=config.checkpoint.keep_every,
+                        async_save=config.checkpoint.async_save)
+    writer = MetricWriter(workdir, tensorboard=config.log.tensorboard)
+    try:
+        return _run(config, workdir, mesh, setup, ckpt, writer)
+    finally:
+        ckpt.close()
+        writer.close()
+
+
+def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
+    total = config.train.steps
+    replicated = parallel.replicated(mesh)
+    tracker = ConvergenceTracker(config.convergence.metric, config.convergence.threshold,
+                                 config.convergence.mode)
+    latest = ckpt.latest_step()
+    last_eval: dict[str, float] = {}
+    elapsed = 0.0
+    if latest is None:
+        state = parallel.replicate(mesh, initial_state(config, setup))
+        data_state = None
+        ckpt.save(0, state, {"next_index": 0}, _meta(config, 0, tracker, last_eval, 0.0))
+    else:
+        target = abstract_like(abstract_state(config, setup), replicated)
+        state, data_state, saved = ckpt.restore(latest, target)
+        _check_resumable(saved["config"], config, workdir)
+        tracker = ConvergenceTracker.from_dict(saved["convergence"])
+        last_eval, elapsed = saved["last_eval"], saved["elapsed_s"]
+        writer.truncate_after(latest)
+        log.info("resumed from step %d in %s", latest, ckpt.directory)
+    start = int(jax.device_get(state.step))
+
+    train_step = make_train_step(setup.model, setup.tx, setup.loss_name,
+                                 setup.meta.multi_label, mesh)
+    eval_step = make_eval_step(setup.model, setup.loss_name, setup.meta.multi_label, mesh)
+    dataset = train_dataset(setup.train_source, config.data, config.train.batch_size,
+                            config.seed)
+    iterator = train_iterator(dataset, config.data.num_threads, data_state)
+
+    def run_eval(step: int) -> dict[str, float]:
+        batches = eval_batches(setup.eval_source, config.data, config.eval.batch_size,
+                               config.data.num_threads)
+        result = evaluate(eval_step, state.variables, batches, mesh, setup.meta.multi_label)
+        writer.write(step, "eval", result)
+        if tracker.update(step, result):
+            log.info("convergence: eval %s reached %s at step %d", tracker.metric,
+                         tracker.threshold, step)
+        return result
+
+    metrics = empty_metrics(mesh)
+    pending: list[jax.Array] = []
+    progress = Progress(total, config.train.batch_size, start)
+    t0 = time.perf_counter()
+    for step in range(start + 1, total + 1):
+        batch = parallel.make_global_batch(mesh, next(iterator))
+        state, metrics, loss = train_step(state, metrics, batch)
+        pending.append(loss)
+        do_log = step % config.log.every_steps == 0 or step == total
+        do_eval = step % config.eval.every_steps == 0 or step == total
+        do_ckpt = step % config.checkpoint.every_steps == 0 or step == total
+        if not (do_log or do_eval or do_ckpt):
+            continue
+        _check_finite(pending, step - len(pending) + 1, ckpt.directory, ckpt.latest_step())
+        pending = []
+        if do_log:
+            train_result = {k: float(v) for k, v in metrics.compute().items()}
+            writer.write(step, "train", train_result)
+            metrics = empty_metrics(mesh)
+        if do_eval:
+            last_eval = run_eval(step)
+        if do_log:
+            recent = (f"{tracker.metric}={last_eval[tracker.metric]:.4f}"
+                      if last_eval else "")
+            log.info(progress.line(step, train_result["loss"], train_result["accuracy"],
+                                       recent))
+        if do_ckpt:
+            run_time = elapsed + time.perf_counter() - t0
+            ckpt.save(step, state, iterator.get_state(),
+                      _meta(config, step, tracker, last_eval, run_time))
+        progress.restart_clock(step)
+    elapsed += time.perf_counter() - t0
+    if not last_eval:  # A finished run re-opened: evaluate its final state again.
+        last_eval = run_eval(total)
+    return _finish(config, workdir, tracker, last_eval, elapsed, progress, ckpt)
+
+
+def _meta(config, step: int, tracker: ConvergenceTracker, last_eval: dict,
+          elapsed: float) -> dict[str, Any]:
+    return {"config": to_dict(config), "step": step, "convergence": tracker.to_dict(),
+            "last_eval": last_eval, "elapsed_s": elapsed}
+
+
+def _finish(config, workdir: Path, tracker, last_eval, elapsed, progress, ckpt) -> dict:
+    ckpt.wait()
+    summary = {
+        "title": _title(config), "steps": config.train.steps, "wall_time_s": elapsed,
+        "examples_per_sec": progress.examples_per_sec, "final_eval": last_eval,
+        "convergence": tracker.to_dict(),
+        "files": {"metrics": str(workdir / "metrics.jsonl"),
+                  "checkpoints": str(ckpt.directory),
+                  "checkpoint_steps": ckpt.all_steps()},
+    }
+    if parallel.is_writer():
+        if config.log.plot:
+            summary["files"]["curves"] = str(plot_curves(
+                read_metrics(workdir), workdir / "curves.png", title=_title(config),
+                convergence=summary["convergence"]))
+        json_path, md_path = write_summary(workdir, summary)
+        log.info("summary: %s", md_path)
+    return summary

@@ -1,0 +1,39 @@
+"""The end-of-run summary: ``summary.json`` (machine) and ``summary.md`` (people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_summary(workdir: str | Path, summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Writes the summary dict as JSON and as a short Markdown page.
+
+    Expected keys: ``title``, ``final_eval`` (metric -> value), ``convergence``
+    (`ConvergenceTracker.to_dict()`), ``steps``, ``wall_time_s``, ``examples_per_sec``,
+    ``files`` (name -> path).
+    """
+    workdir = Path(workdir)
+    json_path, md_path = workdir / "summary.json", workdir / "summary.md"
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    conv = summary["convergence"]
+    reached = (f"step **{conv['steps_to_threshold']}** ({conv['metric']} = "
+               f"{conv['value_at_threshold']:.4f})" if conv["reached"]
+               else f"**not reached** in {summary['steps']} steps")
+    lines = [
+        f"# {summary['title']}", "",
+        f"- steps: {summary['steps']}, wall time: {summary['wall_time_s']:.1f} s, "
+        f"training throughput: {summary['examples_per_sec']:.0f} examples/s",
+        f"- convergence: eval {conv['metric']} {'>=' if conv['mode'] == 'max' else '<='} "
+        f"{conv['threshold']} first at {reached}", "",
+        "| final eval metric | value |", "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in summary["final_eval"].items()], "",
+        "Files:", *[f"- {k}: `{v}`" for k, v in summary["files"].items()], "",
+    ]
+    md_path.write_text("\n".join(lines))
+    return json_path, md_path
