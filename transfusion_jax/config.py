@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.channels = 1
     c.data.normalize = "zero_one"
     c.data.train_examples = 0  # 0 = all; else a seeded subset (small-data regime)
+    c.data.subset_seed = 0  # picks that subset; fixed across run seeds by default
     c.data.num_threads = 4
     c.data.augment = ml_collections.ConfigDict({"crop_padding": 0, "flip": False})
     c.data.folder = ml_collections.ConfigDict({

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -34,7 +35,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from transfusion_jax.data import DataError
     from transfusion_jax.train.loop import NonFiniteLossError
 
-    return (ConfigError, DataError, NonFiniteLossError, KeyError, TypeError, ValueError)
+    return (ConfigError, DataError, NonFiniteLossError)
 
 
 def _setup_jax() -> None:
@@ -74,9 +75,24 @@ def main(argv: list[str]) -> None:
         _setup_jax()
         JOBS[config.job](config, _WORKDIR.value)
     except _user_errors() as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        sys.exit(f"error: {message}")
+        sys.exit(f"error: {e}")
 
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with config errors (unknown key, bad value) as one-line errors."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections reports a misspelt key as AttributeError("'key'\nDid you mean ...").
+        raw = str(e.args[0] if e.args else e)
+        key = re.search(r"'([\w.]+)", raw)
+        hint = re.search(r'Did you mean "[^"]+"', raw)
+        what = f"unknown config key {key.group(1)!r}" if key else raw
+        sys.exit(f"error: bad config or --config override: {what}"
+                 + (f" ({hint.group(0)}?)" if hint else "")
+                 + "; the valid keys are those of transfusion_jax.config.base_config()")
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

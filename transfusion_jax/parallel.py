@@ -128,8 +128,14 @@ def make_global_batch(mesh: Mesh, local_batch: Any) -> Any:
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
-    """Places a pytree (identical on every process) whole on every device."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places a pytree (identical on every process) whole on every device of every process."""
+    sharding = replicated(mesh)
+
+    def put(x: Any) -> jax.Array:
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def fetch(tree: Any) -> Any:

@@ -20,6 +20,7 @@ import grain
 import jax
 import numpy as np
 
+from transfusion_jax.data.errors import DataError
 from transfusion_jax.data.preprocess import make_augment, make_preprocess
 
 
@@ -32,15 +33,32 @@ def _process_layout(global_batch_size: int) -> tuple[int, int, int]:
     return global_batch_size // count, jax.process_index(), count
 
 
-def subset(source: Any, num_examples: int | None, seed: int) -> grain.MapDataset:
-    """The whole source, or a seeded random subset of ``num_examples`` (small-data regime)."""
-    ds = grain.MapDataset.source(source)
-    if num_examples:
-        if num_examples > len(source):
-            raise ValueError(f"asked for {num_examples} training examples but the split has "
-                             f"only {len(source)}")
-        ds = ds.seed(seed).shuffle()[:num_examples]
-    return ds
+class _Subset:
+    """A random-access view of ``source`` at fixed ``indices``."""
+
+    def __init__(self, source: Any, indices: np.ndarray):
+        self._source, self._indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._source[int(self._indices[index])]
+
+
+def subset(source: Any, num_examples: int | None, seed: int) -> Any:
+    """The whole source, or a fixed seeded random subset of ``num_examples`` (small data).
+
+    The subset is an explicit index map: slicing a shuffled grain dataset and repeating it
+    would draw later epochs from outside the subset.
+    """
+    if not num_examples:
+        return source
+    if num_examples > len(source):
+        raise DataError(f"asked for {num_examples} training examples but the split has "
+                         f"only {len(source)}")
+    indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:num_examples])
+    return _Subset(source, indices)
 
 
 def train_dataset(source: Any, data_config: Any, global_batch_size: int,
@@ -52,7 +70,8 @@ def train_dataset(source: Any, data_config: Any, global_batch_size: int,
       "label": (b,) int or (b, k) float32}`` with ``b = global_batch_size / process_count``.
     """
     local, index, count = _process_layout(global_batch_size)
-    ds = subset(source, data_config.train_examples, seed=seed + 1)
+    ds = grain.MapDataset.source(subset(source, data_config.train_examples,
+                                                 seed=data_config.subset_seed))
     ds = ds.seed(seed).shuffle().repeat(None).map(make_preprocess(data_config))
     if data_config.augment.crop_padding or data_config.augment.flip:
         ds = ds.random_map(make_augment(data_config), seed=seed + 2)

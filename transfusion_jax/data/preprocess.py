@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from transfusion_jax.data.errors import DataError
+
 # name -> (offset, scale) applied as (x - offset) / scale to pixel values in [0, 255].
 NORMALIZATIONS: dict[str, tuple[Any, Any]] = {
     "zero_one": (0.0, 255.0),
@@ -75,7 +77,7 @@ def make_preprocess(data_config: Any) -> Callable[[dict[str, Any]], dict[str, np
       ``{"image": float32 (s, s, channels), "label"}``.
     """
     if data_config.normalize not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {data_config.normalize!r}; valid: "
+        raise DataError(f"unknown normalization {data_config.normalize!r}; valid: "
                          f"{', '.join(NORMALIZATIONS)}")
 
     def preprocess(record: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -122,7 +122,8 @@ def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: 
                 "--file_format=array_record` (manual-download datasets such as "
                 "diabetic_retinopathy_detection, chexpert and imagenet2012 also need "
                 "--manual_dir=FOLDER_WITH_THE_ARCHIVES), or set --config.data.data_dir.")
-        file_format = str(builder.info.file_format or "")
+        file_format = builder.info.file_format
+        file_format = str(getattr(file_format, "value", file_format) or "")
         if "array_record" not in file_format:
             raise DatasetNotFoundError(
                 f"dataset {name!r} in {builder.data_dir} was prepared as "

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 
+from transfusion_jax.config import ConfigError
 from transfusion_jax.init.random import random_init
 
 INITIALIZERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -21,11 +22,11 @@ INITIALIZERS: dict[str, Callable[..., dict[str, Any]]] = {
 
 def initialize(name: str, rng: jax.Array, template: dict[str, Any], *,
                source: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
-    """Runs ``INITIALIZERS[name]``; unknown names and options raise errors naming the fix."""
+    """Runs ``INITIALIZERS[name]``; unknown names and options raise `ConfigError`."""
     if name not in INITIALIZERS:
-        raise KeyError(f"unknown initializer {name!r}; valid initializers: "
-                       f"{', '.join(sorted(INITIALIZERS))}")
+        raise ConfigError(f"unknown initializer {name!r}; valid initializers: "
+                          f"{', '.join(sorted(INITIALIZERS))}")
     try:
         return INITIALIZERS[name](rng, template, source=source, **options)
     except TypeError as e:
-        raise TypeError(f"bad options for initializer {name!r}: {e}") from e
+        raise ConfigError(f"bad options for initializer {name!r} (init.options): {e}") from e

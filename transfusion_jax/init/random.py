@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from transfusion_jax.config import ConfigError
+
 # scheme -> (scale, mode, distribution) for jax.nn.initializers.variance_scaling
 SCHEMES: dict[str, tuple[float, str, str]] = {
     "he_normal": (2.0, "fan_in", "truncated_normal"),  # Kaiming normal, fan-in
@@ -53,7 +55,7 @@ def random_init(rng: jax.Array, template: Variables, *, source: Variables | None
     valid = (*SCHEMES, "truncated_normal")
     for name in (scheme, head_scheme):
         if name is not None and name not in valid:
-            raise KeyError(f"unknown random scheme {name!r}; valid: {', '.join(valid)}")
+            raise ConfigError(f"unknown random scheme {name!r}; valid: {', '.join(valid)}")
     flat = traverse_util.flatten_dict(template)
     keys = jax.random.split(rng, len(flat))
     out = {}

@@ -17,16 +17,17 @@ from typing import Any
 
 import flax.linen as nn
 
+from transfusion_jax.config import ConfigError
 from transfusion_jax.models.cbr import CBR_SPECS, make_cbr
 
 MODELS: dict[str, Callable[..., nn.Module]] = {name: make_cbr(name) for name in CBR_SPECS}
 
 
 def build_model(name: str, num_classes: int, **options: Any) -> nn.Module:
-    """Builds ``MODELS[name]``; an unknown name raises a `KeyError` listing the valid ones."""
+    """Builds ``MODELS[name]``; a bad name or option raises `ConfigError` naming the fix."""
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
     try:
         return MODELS[name](num_classes, **options)
     except TypeError as e:
-        raise TypeError(f"bad options for model {name!r}: {e}") from e
+        raise ConfigError(f"bad options for model {name!r} (model.options): {e}") from e

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+from transfusion_jax.config import ConfigError
+
 
 @dataclasses.dataclass
 class ConvergenceTracker:
@@ -23,14 +25,14 @@ class ConvergenceTracker:
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):
-            raise ValueError(f"convergence.mode must be 'max' or 'min', got {self.mode!r}")
+            raise ConfigError(f"convergence.mode must be 'max' or 'min', got {self.mode!r}")
 
     def update(self, step: int, metrics: dict[str, float]) -> bool:
         """Feeds one eval; returns True if the threshold is reached for the first time now."""
         if self.step is not None:
             return False
         if self.metric not in metrics:
-            raise KeyError(f"convergence.metric={self.metric!r} is not an eval metric; eval "
+            raise ConfigError(f"convergence.metric={self.metric!r} is not an eval metric; eval "
                            f"metrics are: {', '.join(sorted(metrics))}")
         value = float(metrics[self.metric])
         if math.isnan(value):

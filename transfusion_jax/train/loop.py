@@ -9,6 +9,7 @@ is checked before every checkpoint, so the last checkpoint on disk is always a g
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def _check_finite(losses: list[jax.Array], first_step: int, checkpoints: Path,
 
 def _check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict,
                      workdir: Path) -> None:
-    current = to_dict(config)
+    current = json.loads(json.dumps(to_dict(config)))  # as saved: tuples become lists
     changed = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
     if changed:
         raise ConfigError(
@@ -105,9 +106,9 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
         data_state = None
         ckpt.save(0, state, {"next_index": 0}, _meta(config, 0, tracker, last_eval, 0.0))
     else:
+        _check_resumable(ckpt.restore_meta(latest)["config"], config, workdir)
         target = abstract_like(abstract_state(config, setup), replicated)
         state, data_state, saved = ckpt.restore(latest, target)
-        _check_resumable(saved["config"], config, workdir)
         tracker = ConvergenceTracker.from_dict(saved["convergence"])
         last_eval, elapsed = saved["last_eval"], saved["elapsed_s"]
         writer.truncate_after(latest)

@@ -14,6 +14,8 @@ from typing import Any
 import optax
 from flax import traverse_util
 
+from transfusion_jax.config import ConfigError
+
 
 def _constant(c: Any, steps: int) -> optax.Schedule:
     return optax.join_schedules(
@@ -30,7 +32,7 @@ def _cosine(c: Any, steps: int) -> optax.Schedule:
 
 def _step(c: Any, steps: int) -> optax.Schedule:
     if not c.boundaries:
-        raise ValueError("schedule 'step' needs train.schedule.boundaries, e.g. (3000, 6000)")
+        raise ConfigError("schedule 'step' needs train.schedule.boundaries, e.g. (3000, 6000)")
     decay = optax.piecewise_constant_schedule(
         c.base_lr, {int(b) - c.warmup_steps: c.decay_factor for b in c.boundaries})
     if not c.warmup_steps:

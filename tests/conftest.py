@@ -1,0 +1,73 @@
+"""Shared fixtures: a persistent JAX compilation cache, prepared shipped data, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".jax_cache"
+
+os.environ.setdefault("TFJ_COMPILATION_CACHE", str(CACHE))
+jax.config.update("jax_compilation_cache_dir", str(CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """A tfds data dir with mnist5k and digits prepared once for the whole session."""
+    from transfusion_jax.config import base_config
+    from transfusion_jax.data import open_source
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    for name in ("mnist5k", "digits"):
+        data = base_config().data
+        data.name, data.data_dir = name, path
+        open_source(data, "train")
+    return path
+
+
+def smoke_config(data_dir: str, **overrides):
+    """The quickstart's smoke config on the session data dir, with dotted-key overrides."""
+    from configs.quickstart import get_config
+
+    config = get_config("smoke")
+    config.data.data_dir = data_dir
+    config.log.tensorboard = False
+    for key, value in overrides.items():
+        section = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            section = section[p]
+        section[leaf] = value
+    return config
+
+
+def cli_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """Environment for a CLI subprocess with ``devices`` CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TFJ_COMPILATION_CACHE"] = str(CACHE)
+    env.update(extra)
+    return env
+
+
+def cli_args(workdir: Path | str, data_dir: str, *overrides: str,
+             config: str = "configs/quickstart.py:smoke") -> list[str]:
+    return [sys.executable, "-m", "transfusion_jax.main", f"--config={config}",
+            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+            "--config.log.tensorboard=False", *overrides]
+
+
+def run_cli(workdir, data_dir, *overrides, devices: int = 1, timeout: int = 300,
+            **env) -> subprocess.CompletedProcess:
+    """Runs the CLI to completion and returns the finished process (output captured)."""
+    return subprocess.run(cli_args(workdir, data_dir, *overrides), cwd=ROOT,
+                          env=cli_env(devices, **env), capture_output=True, text=True,
+                          timeout=timeout)

@@ -1,0 +1,99 @@
+"""Metrics against scikit-learn, convergence tracking, schedules, losses, weight decay."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from transfusion_jax.config import ConfigError, base_config
+from transfusion_jax.train.convergence import ConvergenceTracker
+from transfusion_jax.train.losses import LOSSES
+from transfusion_jax.train.metrics import (
+    average_precision,
+    ranking_metrics,
+    roc_auc,
+)
+from transfusion_jax.train.optim import decay_mask, make_optimizer, make_schedule
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auc_and_ap_equal_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=300), 1)  # many ties
+    targets = rng.random(300) < 0.3
+    assert roc_auc(scores, targets) == pytest.approx(roc_auc_score(targets, scores), abs=1e-12)
+    assert average_precision(scores, targets) == pytest.approx(
+        average_precision_score(targets, scores), abs=1e-12)
+
+
+def test_ranking_metrics_macro_multiclass_and_multilabel():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 4))
+    labels = rng.integers(0, 4, 200)
+    onehot = np.eye(4)[labels]
+    got = ranking_metrics(logits, labels, multi_label=False)
+    assert got["auc"] == pytest.approx(roc_auc_score(onehot, logits, average="macro"))
+    assert got["map"] == pytest.approx(average_precision_score(onehot, logits, average="macro"))
+    multi = (rng.random((200, 3)) < 0.4).astype(np.float32)
+    got = ranking_metrics(logits[:, :3], multi, multi_label=True)
+    assert got["auc"] == pytest.approx(roc_auc_score(multi, logits[:, :3], average="macro"))
+    binary = ranking_metrics(logits[:, :2], labels % 2, multi_label=False)
+    assert binary["auc"] == pytest.approx(
+        roc_auc_score(labels % 2, logits[:, 1] - logits[:, 0]))
+
+
+def test_auc_undefined_for_one_class_is_nan_not_crash():
+    assert np.isnan(roc_auc(np.arange(5.0), np.ones(5, bool)))
+
+
+def test_convergence_tracker_records_first_crossing_only():
+    t = ConvergenceTracker("accuracy", 0.9)
+    assert not t.update(100, {"accuracy": 0.8})
+    assert not t.update(200, {"accuracy": float("nan")})
+    assert t.update(300, {"accuracy": 0.91})
+    assert not t.update(400, {"accuracy": 0.95})
+    assert t.to_dict()["steps_to_threshold"] == 300
+    assert ConvergenceTracker.from_dict(t.to_dict()) == t
+    low = ConvergenceTracker("loss", 0.1, "min")
+    low.update(10, {"loss": 0.05})
+    assert low.step == 10
+    with pytest.raises(ConfigError, match="eval metrics are: accuracy"):
+        ConvergenceTracker("auroc", 0.9).update(1, {"accuracy": 1.0})
+
+
+def test_warmup_cosine_and_step_schedules():
+    c = base_config().train
+    c.steps, c.schedule.base_lr, c.schedule.warmup_steps = 100, 0.4, 10
+    lr = make_schedule(c)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.2)
+    assert float(lr(10)) == pytest.approx(0.4) and float(lr(100)) == pytest.approx(0.0)
+    c.schedule.name, c.schedule.boundaries = "step", (50, 80)
+    lr = make_schedule(c)
+    assert [round(float(lr(s)), 6) for s in (10, 49, 50, 79, 80)] == [0.4, 0.4, 0.04, 0.04,
+                                                                       0.004]
+
+
+def test_weight_decay_applies_to_kernels_only():
+    c = base_config().train
+    c.schedule.name, c.schedule.base_lr, c.optimizer.momentum = "constant", 1.0, 0.0
+    c.weight_decay = 0.1
+    params = {"conv": {"kernel": jnp.ones(3)}, "bn": {"scale": jnp.ones(3)}}
+    tx = make_optimizer(c)
+    zero = {"conv": {"kernel": jnp.zeros(3)}, "bn": {"scale": jnp.zeros(3)}}
+    updates, _ = tx.update(zero, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    assert np.allclose(new["conv"]["kernel"], 0.9) and np.allclose(new["bn"]["scale"], 1.0)
+    assert decay_mask("kernel$")(params) == {"conv": {"kernel": True}, "bn": {"scale": False}}
+
+
+def test_losses_match_definitions():
+    logits = jnp.array([[2.0, 0.0, -1.0]])
+    expected = -np.log(np.exp(2) / np.exp([2.0, 0.0, -1.0]).sum())
+    assert float(LOSSES["softmax"](logits, jnp.array([0]))[0]) == pytest.approx(expected, 1e-6)
+    p = 1 / (1 + np.exp(-np.array([2.0, 0.0, -1.0])))
+    bce = -np.mean(np.log([p[0], 1 - p[1], p[2]]))
+    got = LOSSES["sigmoid"](logits, jnp.array([[1.0, 0.0, 1.0]]))[0]
+    assert float(got) == pytest.approx(bce, 1e-6)
