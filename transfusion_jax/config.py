@@ -117,3 +117,17 @@ def check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A JSON-serialisable plain dict of a config (tuples become lists)."""
     return ml_collections.ConfigDict(config).to_dict()
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:arg]`` the way ``--config=`` does, for scripts and sweeps."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).exists():
+        raise ConfigError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

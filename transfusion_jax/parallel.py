@@ -31,9 +31,9 @@ def initialize_distributed(
     """Starts `jax.distributed` when the run spans several processes.
 
     Arguments left as None are read from ``TFJ_COORDINATOR``, ``TFJ_NUM_PROCESSES`` and
-    ``TFJ_PROCESS_ID``; with none of them set and no cluster environment JAX can detect
-    (TPU VM, SLURM, ...), this does nothing and the run is single-process. On CPU the
-    collectives go through gloo.
+    ``TFJ_PROCESS_ID``. With ``TFJ_DISTRIBUTED=auto`` (TPU VM slices, SLURM), JAX detects the
+    cluster itself. With none of these set the run is single-process and this does nothing.
+    On CPU the collectives go through gloo.
 
     Args:
       coordinator_address: ``host:port`` of process 0.
@@ -46,14 +46,12 @@ def initialize_distributed(
     if process_id is None and "TFJ_PROCESS_ID" in os.environ:
         process_id = int(os.environ["TFJ_PROCESS_ID"])
     explicit = coordinator_address is not None and (num_processes or 1) > 1
-    cluster = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS"))
-    if not explicit and not cluster:
+    auto = os.environ.get("TFJ_DISTRIBUTED") == "auto"
+    if not (explicit or auto) or jax.distributed.is_initialized():
         return
-    if jax.distributed.is_initialized():
-        return
-    if explicit and jax.config.jax_platforms in (None, "", "cpu"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
+        if jax.config.jax_platforms in (None, "", "cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     else:
         jax.distributed.initialize()
