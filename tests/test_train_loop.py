@@ -53,6 +53,12 @@ def test_run_writes_summary_metrics_plot_checkpoints(smoke_run):
     records = read_metrics(workdir)
     assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12]
     assert [r["step"] for r in records if r["split"] == "eval"] == [6, 12]
+    convergence = [r for r in records if r["split"] == "convergence"]
+    assert len(convergence) == 1
+    if saved["convergence"]["reached"]:
+        assert convergence[0]["steps_to_threshold"] == saved["convergence"]["steps_to_threshold"]
+    else:  # 12 tiny steps rarely reach 90%: the line then says so at the last step
+        assert convergence[0]["step"] == 12 and convergence[0]["steps_to_threshold"] is None
     # Every 4 steps saved; the last 2 kept, plus multiples of keep_every=8 (step 0 = init).
     assert summary["files"]["checkpoint_steps"] == [0, 8, 12]
     assert no_tmp_folders(workdir)

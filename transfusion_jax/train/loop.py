@@ -129,7 +129,11 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
         writer.write(step, "eval", result)
         if tracker.update(step, result):
             log.info("convergence: eval %s reached %s at step %d", tracker.metric,
-                         tracker.threshold, step)
+                     tracker.threshold, step)
+        if tracker.step == step or (step == total and tracker.step is None):
+            writer.write(step, "convergence", {"threshold": tracker.threshold,
+                                               "reached": float(tracker.step is not None),
+                                               "steps_to_threshold": tracker.step or np.nan})
         return result
 
     metrics = empty_metrics(mesh)
@@ -157,7 +161,7 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
             recent = (f"{tracker.metric}={last_eval[tracker.metric]:.4f}"
                       if last_eval else "")
             log.info(progress.line(step, train_result["loss"], train_result["accuracy"],
-                                       recent))
+                                   recent))
         if do_ckpt:
             run_time = elapsed + time.perf_counter() - t0
             ckpt.save(step, state, iterator.get_state(),

@@ -1,7 +1,9 @@
 """Writes metric summaries: ``metrics.jsonl`` always, TensorBoard events when available.
 
 Only the writing process (process 0) writes; on the others every call is a no-op. Each
-JSONL line is ``{"step": int, "split": "train" | "eval", "time": float, <name>: value}``.
+JSONL line is ``{"step": int, "split": "train" | "eval" | "convergence", "time": float,
+<name>: value}``; the one ``convergence`` line marks the step where the threshold was first
+reached (or, at the last step, that it never was: ``steps_to_threshold`` null).
 TensorBoard events use ``tensorboardX`` (the optional ``tensorboard`` extra), which needs
 no TensorFlow.
 """
@@ -37,7 +39,7 @@ class MetricWriter:
                 from tensorboardX import SummaryWriter
             except ImportError:
                 log.info("tensorboardX not installed: no TensorBoard events "
-                             "(pip install 'transfusion_jax[tensorboard]')")
+                         "(pip install 'transfusion_jax[tensorboard]')")
             else:
                 self._tb = SummaryWriter(str(Path(workdir) / "tb"))
 
