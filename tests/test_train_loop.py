@@ -101,3 +101,21 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_p
     assert int(state.step) == 0
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
     assert no_tmp_folders(tmp_path)
+
+
+def test_transfusion_from_a_finished_run(smoke_run, tmp_path):
+    """A run's workdir is a pretrained source for the next (the double fine-tuning path)."""
+    source_config, source_dir, _ = smoke_run
+    config = smoke_config(source_config.data.data_dir)
+    config.train.steps = 4
+    config.init.name = "transfusion"
+    config.init.options.k = 2
+    config.init.source = str(source_dir)
+    train_and_evaluate(config, tmp_path)
+    source = restore_state(source_config, source_dir)  # the finished run's final state
+    start = restore_state(config, tmp_path, step=0)
+    for block in ("block1", "block2", "block3"):
+        same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+            jax.tree.leaves(start.params[block]), jax.tree.leaves(source.params[block]),
+            strict=True))
+        assert same == (block != "block3"), block

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict()
     c.init.name = "random"
     c.init.options = ml_collections.ConfigDict({"scheme": "he_normal"})
+    # Pretrained weights for pretrained/mean_var/transfusion/...: a .pth/.pt (torch names,
+    # read without torch), .npz, .safetensors, a run's workdir or an Orbax checkpoint folder.
+    c.init.source = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "mnist5k"

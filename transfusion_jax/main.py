@@ -34,8 +34,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from transfusion_jax.config import ConfigError
     from transfusion_jax.data import DataError
     from transfusion_jax.train.loop import NonFiniteLossError
+    from transfusion_jax.weights import WeightMismatchError
 
-    return (ConfigError, DataError, NonFiniteLossError)
+    return (ConfigError, DataError, NonFiniteLossError, WeightMismatchError)
 
 
 def _setup_jax() -> None:

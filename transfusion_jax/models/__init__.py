@@ -18,9 +18,30 @@ from typing import Any
 import flax.linen as nn
 
 from transfusion_jax.config import ConfigError
-from transfusion_jax.models.cbr import CBR_SPECS, make_cbr
+from transfusion_jax.models.cbr import make_cbr
+from transfusion_jax.models.efficientnet_lite import make_efficientnet_lite
+from transfusion_jax.models.googlenet import make_googlenet
+from transfusion_jax.models.inception_v3 import make_inception_v3
+from transfusion_jax.models.resnet import make_resnet
+from transfusion_jax.models.slim_resnet import make_slim_resnet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {name: make_cbr(name) for name in CBR_SPECS}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    # The small CBR family of the Transfusion paper.
+    "cbr_large_tall": make_cbr("cbr_large_tall"),
+    "cbr_large_wide": make_cbr("cbr_large_wide"),
+    "cbr_small": make_cbr("cbr_small"),
+    "cbr_tiny": make_cbr("cbr_tiny"),
+    # ImageNet architectures (torchvision-compatible; weights via transfusion_jax.weights).
+    "resnet18": make_resnet(18),
+    "resnet34": make_resnet(34),
+    "resnet50": make_resnet(50),
+    "slim_resnet18": make_slim_resnet(18),
+    "slim_resnet50": make_slim_resnet(50),
+    "inception_v3": make_inception_v3,
+    "googlenet": make_googlenet,
+    "efficientnet_lite0": make_efficientnet_lite("efficientnet_lite0"),
+    "efficientnet_lite2": make_efficientnet_lite("efficientnet_lite2"),
+}
 
 
 def build_model(name: str, num_classes: int, **options: Any) -> nn.Module:

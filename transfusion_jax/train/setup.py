@@ -13,7 +13,12 @@ import optax
 
 from transfusion_jax.config import ConfigError, check_choice, check_positive
 from transfusion_jax.data import NORMALIZATIONS, DatasetMeta, open_source
-from transfusion_jax.init import INITIALIZERS, initialize
+from transfusion_jax.init import (
+    INITIALIZERS,
+    NEEDS_SOURCE,
+    initialize_sequence,
+    parse_init_config,
+)
 from transfusion_jax.models import MODELS, build_model
 from transfusion_jax.train.losses import LOSSES, resolve_loss
 from transfusion_jax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
@@ -26,7 +31,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Checks every name and number the trainer reads; raises `ConfigError` naming the fix."""
     check_choice("model.name", config.model.name, MODELS)
     check_choice("model.dtype", config.model.dtype, DTYPES)
-    check_choice("init.name", config.init.name, INITIALIZERS)
+    for name, _ in parse_init_config(config.init.name, dict(config.init.options)):
+        check_choice("init.name", name, INITIALIZERS)
     check_choice("train.optimizer.name", config.train.optimizer.name, OPTIMIZERS)
     check_choice("train.schedule.name", config.train.schedule.name, SCHEDULES)
     check_choice("train.loss", config.train.loss, (*LOSSES, "auto"))
@@ -83,12 +89,34 @@ def _rngs(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return model_rng, init_rng, train_rng
 
 
+def load_source(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The pretrained variables named by ``init.source`` (a file, a run's workdir or an Orbax
+    checkpoint folder), in this project's Flax layout."""
+    from pathlib import Path
+
+    from transfusion_jax.weights import MODEL_FAMILIES, read_weights
+
+    path = Path(config.init.source).expanduser()
+    if not config.init.source:
+        raise ConfigError(f"init.name={config.init.name!r} needs pretrained weights: set "
+                          "init.source to a weight file or a finished run's workdir")
+    if (path / "checkpoints").is_dir():  # a run's workdir: its newest checkpoint
+        path = path / "checkpoints"
+    try:
+        return read_weights(path, MODEL_FAMILIES.get(config.model.name))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise ConfigError(f"init.source={config.init.source!r} could not be read: {e}") from e
+
+
 def initial_state(config: ml_collections.ConfigDict, setup: RunSetup) -> TrainState:
-    """The step-0 state: model template -> initializer strategy -> optimizer state."""
+    """The step-0 state: model template -> initializer strategies -> optimizer state."""
     model_rng, init_rng, train_rng = _rngs(config.seed)
     template = setup.model.init(model_rng, jnp.zeros(setup.input_shape), train=False)
-    variables = initialize(config.init.name, init_rng, dict(template),
-                           **dict(config.init.options))
+    steps = parse_init_config(config.init.name, dict(config.init.options))
+    needs_source = any(name in NEEDS_SOURCE for name, _ in steps)
+    source = load_source(config) if needs_source else None
+    variables = initialize_sequence(steps, init_rng, dict(template), source=source,
+                                    blocks=setup.model.block_names())
     return create_state(variables, setup.tx, train_rng)
 
 
