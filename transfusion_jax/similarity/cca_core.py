@@ -1,0 +1,174 @@
+"""Canonical correlation analysis (CCA) from covariance blocks, robust to rank deficiency.
+
+CCA (Hotelling 1936) finds directions ``a_i, b_i`` maximising ``corr(X a_i, Y b_i)``; the
+canonical correlations ``rho_i`` are the singular values of ``W_x^T S_xy W_y`` where ``W``
+whitens each side (``W^T S W = I``). Raghu et al. 2017 (SVCCA) and Morcos et al. 2018 (PWCCA)
+summarise representations by these ``rho_i``.
+
+Every estimator here works on covariance blocks (``S_xx, S_yy, S_xy``), so the in-memory,
+streaming and batched front ends share one implementation. Whitening uses an eigendecomposition
+with a relative rank cut: directions whose variance is below ``rtol * largest`` are treated as
+absent (a pseudo-inverse square root). Constant or duplicated features and ``n < d`` data
+therefore give the CCA of the column spaces instead of NaN; `CCAResult.count` says how many
+correlations are meaningful (``min(rank_x, rank_y)``). With ``n - 1 <= rank_x + rank_y`` the
+leading correlations are 1 by construction (there are too few examples to tell), which is the
+correct value of the definition, not a failure.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transfusion_jax.similarity import validation
+
+
+class CCAResult(NamedTuple):
+    """Canonical correlations of two representations.
+
+    Attributes:
+      rhos: ``(min(dx, dy),)`` canonical correlations in descending order; entries past
+        ``count`` are 0.
+      mean: scalar mean of the first ``count`` correlations (0 when ``count == 0``).
+      count: number of meaningful correlations, ``min(rank_x, rank_y)`` after the rank cut.
+    """
+
+    rhos: jax.Array
+    mean: jax.Array
+    count: jax.Array
+
+
+def default_rtol(d: int, dtype: jnp.dtype) -> float:
+    """Relative eigenvalue cut for a ``d x d`` covariance: ``max(d, 100) * eps(dtype)``."""
+    return float(max(d, 100) * np.finfo(np.dtype(dtype)).eps)
+
+
+def covariances(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sample covariance blocks of centered ``x (n, dx)`` and ``y (n, dy)``, over ``n - 1``.
+
+    Returns:
+      ``S_xx (dx, dx)``, ``S_yy (dy, dy)``, ``S_xy (dx, dy)``.
+    """
+    n = x.shape[0]
+    xc = x - jnp.mean(x, axis=0, keepdims=True)
+    yc = y - jnp.mean(y, axis=0, keepdims=True)
+    return xc.T @ xc / (n - 1), yc.T @ yc / (n - 1), xc.T @ yc / (n - 1)
+
+
+def eigh_descending(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues ``(d,)`` in descending order and eigenvectors ``(d, d)`` (columns)."""
+    lam, vec = jnp.linalg.eigh(cov)
+    return lam[::-1], vec[:, ::-1]
+
+
+def rank_mask(lam: jax.Array, rtol: float | jax.Array) -> jax.Array:
+    """``(d,)`` boolean: eigenvalues above ``rtol`` times the largest (and above 0)."""
+    top = jnp.max(lam)
+    return (lam > rtol * top) & (lam > 0)
+
+
+def whitening(
+    lam: jax.Array, vec: jax.Array, mask: jax.Array, epsilon: float | jax.Array = 0.0
+) -> jax.Array:
+    """Whitening matrix ``V diag(mask / sqrt(lam + epsilon))``, ``(d, d)``.
+
+    ``W^T S W`` is the identity on the kept directions (exactly so for ``epsilon = 0``) and 0
+    elsewhere; ``epsilon`` is the ridge of google/svcca's ``epsilon``.
+    """
+    scale = jnp.where(mask, 1.0 / jnp.sqrt(jnp.where(mask, lam + epsilon, 1.0)), 0.0)
+    return vec * scale[None, :]
+
+
+def _finish(rhos: jax.Array, count: jax.Array) -> CCAResult:
+    rhos = jnp.clip(rhos, 0.0, 1.0)
+    rhos = jnp.where(jnp.arange(rhos.shape[0]) < count, rhos, 0.0)
+    mean = jnp.sum(rhos) / jnp.maximum(count, 1).astype(rhos.dtype)
+    return CCAResult(rhos, mean, count)
+
+
+def cca_from_whitened(
+    sxy: jax.Array, wx: jax.Array, wy: jax.Array, mask_x: jax.Array, mask_y: jax.Array
+) -> CCAResult:
+    """CCA from a cross-covariance and the two whitening matrices.
+
+    Args:
+      sxy: ``(dx, dy)`` cross-covariance.
+      wx: ``(dx, kx)`` whitening of x (zero columns for dropped directions).
+      wy: ``(dy, ky)`` whitening of y.
+      mask_x: ``(kx,)`` kept directions of x.
+      mask_y: ``(ky,)`` kept directions of y.
+
+    Returns:
+      `CCAResult` with ``min(kx, ky)`` correlations.
+    """
+    m = wx.T @ sxy @ wy
+    rhos = jnp.linalg.svd(m, compute_uv=False)
+    count = jnp.minimum(jnp.sum(mask_x), jnp.sum(mask_y))
+    return _finish(rhos, count)
+
+
+@jax.jit
+def cca_from_cov(
+    sxx: jax.Array,
+    syy: jax.Array,
+    sxy: jax.Array,
+    epsilon: float | jax.Array = 0.0,
+    rtol: float | jax.Array = 1e-5,
+) -> CCAResult:
+    """CCA from covariance blocks (pure, jittable, vmappable).
+
+    Args:
+      sxx: ``(dx, dx)`` covariance of x.
+      syy: ``(dy, dy)`` covariance of y.
+      sxy: ``(dx, dy)`` cross-covariance.
+      epsilon: ridge added to the eigenvalues of ``sxx`` and ``syy``.
+      rtol: relative rank cut (see `rank_mask`).
+
+    Returns:
+      `CCAResult`.
+    """
+    lx, vx = eigh_descending(sxx)
+    ly, vy = eigh_descending(syy)
+    mx, my = rank_mask(lx, rtol), rank_mask(ly, rtol)
+    return cca_from_whitened(sxy, whitening(lx, vx, mx, epsilon), whitening(ly, vy, my, epsilon),
+                             mx, my)
+
+
+@jax.jit
+def _cca(x: jax.Array, y: jax.Array, epsilon: jax.Array, rtol: jax.Array) -> CCAResult:
+    sxx, syy, sxy = covariances(x, y)
+    return cca_from_cov(sxx, syy, sxy, epsilon, rtol)
+
+
+def prepare_pair(x, y, *, min_examples: int = 2) -> tuple[jax.Array, jax.Array]:
+    """Host checks then conversion to a common float dtype (shared by the CCA family)."""
+    validation.check_pair(x, y, min_examples=min_examples, reason="a covariance needs n >= 2")
+    dtype = validation.compute_dtype(x, y)
+    return validation.as_float(x, dtype), validation.as_float(y, dtype)
+
+
+def cca(
+    x: jax.Array, y: jax.Array, *, epsilon: float = 0.0, rtol: float | None = None
+) -> CCAResult:
+    """Canonical correlations of two representations (Hotelling 1936).
+
+    Invariant to invertible linear maps of either side.
+
+    Args:
+      x: ``(n, dx)`` representation.
+      y: ``(n, dy)`` representation of the same examples.
+      epsilon: ridge added to each covariance's eigenvalues (google/svcca's ``epsilon``;
+        covariances are normalised by ``n - 1``).
+      rtol: relative rank cut on covariance eigenvalues; default
+        ``max(d, 100) * eps(dtype)``.
+
+    Returns:
+      `CCAResult` (``rhos``, ``mean``, ``count``).
+    """
+    x, y = prepare_pair(x, y)
+    if rtol is None:
+        rtol = default_rtol(max(x.shape[1], y.shape[1]), x.dtype)
+    return _cca(x, y, jnp.asarray(epsilon, x.dtype), jnp.asarray(rtol, x.dtype))

@@ -1,0 +1,152 @@
+"""Host-side checks that turn degenerate input into clear errors instead of silent NaNs.
+
+Every public similarity function runs these checks when it is called with concrete arrays
+(NumPy, PyTorch CPU tensors converted by ``np.asarray``, or committed `jax.Array`s). When it is
+called under a JAX transformation (``jit``, ``vmap``, ``grad``) its inputs are tracers, the
+checks are skipped, and the documented in-graph value applies instead (see each function).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class SimilarityInputError(ValueError):
+    """Raised when a representation cannot give a meaningful similarity value."""
+
+
+def is_concrete(*arrays: Any) -> bool:
+    """True when none of `arrays` is a tracer, so values can be inspected on the host."""
+    return not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays))
+
+
+def compute_dtype(*arrays: Any) -> jnp.dtype:
+    """float64 when any input is float64 and x64 is enabled, float32 otherwise."""
+    wants64 = any(getattr(a, "dtype", None) == np.float64 for a in jax.tree.leaves(arrays))
+    if wants64 and jax.config.jax_enable_x64:
+        return jnp.dtype(jnp.float64)
+    return jnp.dtype(jnp.float32)
+
+
+def as_float(x: Any, dtype: jnp.dtype | None = None) -> jax.Array:
+    """Converts a NumPy/JAX/array-like input to a floating `jax.Array`."""
+    x = jnp.asarray(x)
+    return x.astype(dtype or compute_dtype(x))
+
+
+def check_representation(
+    x: Any,
+    name: str = "x",
+    *,
+    min_examples: int = 2,
+    reason: str = "",
+    require_variance: bool = True,
+) -> None:
+    """Checks one ``(n_examples, n_features)`` representation on the host.
+
+    Args:
+      x: array of shape ``(n, d)``.
+      name: what to call it in messages.
+      min_examples: smallest allowed ``n``.
+      reason: why `min_examples` is needed (appended to the message).
+      require_variance: raise when every feature is constant over the examples (the
+        representation carries no information and every normalised similarity is 0/0).
+
+    Raises:
+      SimilarityInputError: wrong rank, too few examples, NaN/inf values, or zero variance.
+    """
+    if not is_concrete(x):
+        return
+    shape = np.shape(x)
+    if len(shape) != 2:
+        hint = (
+            " Reduce conv maps (n, h, w, c) first with similarity.reduce_conv(x, "
+            "'flatten_positions' | 'mean_pool' | 'flatten_all')."
+            if len(shape) == 4
+            else ""
+        )
+        raise SimilarityInputError(
+            f"{name} must have shape (n_examples, n_features); got shape {shape}.{hint}"
+        )
+    n, d = shape
+    if d < 1:
+        raise SimilarityInputError(f"{name} has no features (shape {shape}).")
+    if n < min_examples:
+        extra = f" ({reason})" if reason else ""
+        raise SimilarityInputError(
+            f"{name} has {n} examples; at least {min_examples} are needed{extra}."
+        )
+    values = np.asarray(x)
+    if not np.all(np.isfinite(values)):
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise SimilarityInputError(
+            f"{name} contains {bad} NaN or inf values; similarity of non-finite activations "
+            "is undefined. Check the model for overflow or mask those examples."
+        )
+    if require_variance and np.all(np.ptp(values, axis=0) == 0):
+        raise SimilarityInputError(
+            f"{name} is constant over the examples (every feature has zero variance); "
+            "its similarity to anything is undefined (0/0)."
+        )
+
+
+def check_pair(
+    x: Any,
+    y: Any,
+    *,
+    min_examples: int = 2,
+    reason: str = "",
+    require_variance: bool = True,
+) -> None:
+    """Checks two representations and that they hold the same examples (same ``n``)."""
+    check_representation(
+        x, "x", min_examples=min_examples, reason=reason, require_variance=require_variance
+    )
+    check_representation(
+        y, "y", min_examples=min_examples, reason=reason, require_variance=require_variance
+    )
+    if is_concrete(x, y) and np.shape(x)[0] != np.shape(y)[0]:
+        raise SimilarityInputError(
+            f"x and y must hold the same examples in the same order; got {np.shape(x)[0]} "
+            f"and {np.shape(y)[0]} rows."
+        )
+
+
+def check_stack(
+    acts: Any, name: str = "activations", *, min_examples: int = 2, reason: str = ""
+) -> None:
+    """Checks a stack ``(..., n, d)`` of representations (finite values, enough examples).
+
+    Each representation in the stack must also vary over the examples.
+    """
+    if not is_concrete(acts):
+        return
+    shape = np.shape(acts)
+    if len(shape) < 3:
+        raise SimilarityInputError(
+            f"{name} must be stacked as (..., n_examples, n_features); got shape {shape}."
+        )
+    n = shape[-2]
+    if n < min_examples:
+        extra = f" ({reason})" if reason else ""
+        raise SimilarityInputError(
+            f"{name} has {n} examples; at least {min_examples} are needed{extra}."
+        )
+    values = np.asarray(acts)
+    if not np.all(np.isfinite(values)):
+        raise SimilarityInputError(
+            f"{name} contains NaN or inf values; similarity of non-finite activations is "
+            "undefined. Check the model for overflow or mask those examples."
+        )
+    flat = values.reshape(-1, n, shape[-1])
+    constant = np.all(np.ptp(flat, axis=1) == 0, axis=-1)
+    if np.any(constant):
+        idx = [np.unravel_index(i, shape[:-2]) for i in np.flatnonzero(constant)][:5]
+        raise SimilarityInputError(
+            f"{name}: the representations at stack index {idx} are constant over the "
+            "examples; their similarity is undefined (0/0)."
+        )
