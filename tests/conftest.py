@@ -66,8 +66,8 @@ def cli_args(workdir: Path | str, data_dir: str, *overrides: str,
 
 
 def run_cli(workdir, data_dir, *overrides, devices: int = 1, timeout: int = 300,
-            **env) -> subprocess.CompletedProcess:
+            config: str = "configs/quickstart.py:smoke", **env) -> subprocess.CompletedProcess:
     """Runs the CLI to completion and returns the finished process (output captured)."""
-    return subprocess.run(cli_args(workdir, data_dir, *overrides), cwd=ROOT,
+    return subprocess.run(cli_args(workdir, data_dir, *overrides, config=config), cwd=ROOT,
                           env=cli_env(devices, **env), capture_output=True, text=True,
                           timeout=timeout)

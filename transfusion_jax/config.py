@@ -92,6 +92,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.log.every_steps = 50
     c.log.tensorboard = True  # written when tensorboardX is installed
     c.log.plot = True
+
+    # job = similarity: compare the checkpoints x layers of a finished training run.
+    c.similarity = ml_collections.ConfigDict()
+    c.similarity.run_dir = ""  # the training run's workdir
+    c.similarity.steps = ()  # checkpoint steps; () = every kept checkpoint
+    c.similarity.layers = ()  # model outputs; () = every block and pre_logits
+    c.similarity.reduction = "mean_pool"  # mean_pool | flatten_positions | flatten_all
+    c.similarity.split = ""  # "" = the run's eval split
+    c.similarity.max_examples = 1000  # 0 = the whole split
+    c.similarity.batch_size = 250
+    c.similarity.pairs = "all"  # all (C*L)^2 pairs | plots (only those the figures need)
+    c.similarity.debiased = False
+    c.similarity.svcca = True
+    c.similarity.svcca_keep = 0.99
     c.lock()
     # Family- and strategy-specific options stay open: config files may add keys to them.
     c.model.options.unlock()

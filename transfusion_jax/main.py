@@ -28,15 +28,23 @@ def _train(config, workdir: str) -> None:
     train_and_evaluate(config, workdir)
 
 
-JOBS: dict[str, Callable] = {"train": _train}
+def _similarity(config, workdir: str) -> None:
+    from transfusion_jax.analysis.similarity_sweep import run_similarity_sweep
+
+    run_similarity_sweep(config, workdir)
+
+
+JOBS: dict[str, Callable] = {"train": _train, "similarity": _similarity}
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from transfusion_jax.config import ConfigError
     from transfusion_jax.data import DataError
+    from transfusion_jax.similarity import SimilarityInputError
     from transfusion_jax.train.loop import NonFiniteLossError
     from transfusion_jax.weights import WeightMismatchError
 
-    return (ConfigError, DataError, NonFiniteLossError, WeightMismatchError)
+    return (ConfigError, DataError, NonFiniteLossError, WeightMismatchError,
+            SimilarityInputError)
 
 
 def _setup_jax() -> None:

@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -184,59 +185,84 @@ def update(
     return _update(stats, groups, spec=spec)
 
 
-def _raw_blocks(stats: StreamStats, spec: StreamSpec) -> dict:
-    """Per block ``(i, j)``: the accumulated shifted cross-product ``X_i^T X_j``."""
-    out = {}
-    for acc, rows in zip(stats.cross, spec.buckets().values(), strict=True):
-        total = comp.value(acc)
-        for q, (k, _, _) in enumerate(rows):
-            out[spec.blocks[k]] = total[q]
+def _bucket_rows(spec: StreamSpec) -> list[tuple[np.ndarray, ...]]:
+    """Per bucket of `StreamSpec.buckets`: block indices and both items' group rows and
+    global indices, as arrays ``(ks, li, lj, i, j)`` of shape ``(Q_b,)``."""
+    out = []
+    for rows in spec.buckets().values():
+        ks = np.asarray([r[0] for r in rows])
+        pairs = np.asarray([spec.blocks[k] for k in ks]).reshape(-1, 2)
+        out.append((ks, np.asarray([r[1] for r in rows]), np.asarray([r[2] for r in rows]),
+                    pairs[:, 0], pairs[:, 1]))
+    return out
+
+
+def _centered_buckets(stats: StreamStats, spec: StreamSpec) -> list[jax.Array]:
+    """Per bucket: centered cross-products ``X_i^T X_j`` of its blocks, ``(Q_b, d_i, d_j)``.
+
+    Vectorised over the blocks of a bucket, so the program grows with the number of width
+    pairs, not with the number of item pairs.
+    """
+    n = stats.count.astype(stats.shift[0].dtype)
+    means = [comp.value(t) / n for t in stats.total]
+    out = []
+    for acc, (gi, gj), (_, li, lj, _, _) in zip(stats.cross, spec.buckets(), _bucket_rows(spec),
+                                               strict=True):
+        out.append(comp.value(acc) - n * means[gi][li][:, :, None] * means[gj][lj][:, None, :])
     return out
 
 
 def _centered_blocks(stats: StreamStats, spec: StreamSpec) -> dict:
-    """Per block: the centered cross-product ``X_i^T X_j`` over all examples seen."""
-    n = stats.count.astype(stats.shift[0].dtype)
-    means = [comp.value(t) / n for t in stats.total]
+    """Per block ``(i, j)``: the centered cross-product ``X_i^T X_j`` over all examples."""
     out = {}
-    for (i, j), raw in _raw_blocks(stats, spec).items():
-        (gi, li), (gj, lj) = spec.layout.locate(i), spec.layout.locate(j)
-        out[(i, j)] = raw - n * jnp.outer(means[gi][li], means[gj][lj])
+    for centered, (ks, *_) in zip(_centered_buckets(stats, spec), _bucket_rows(spec),
+                                  strict=True):
+        for q, k in enumerate(ks):
+            out[spec.blocks[k]] = centered[q]
     return out
 
 
-def _debiased_hsic(stats: StreamStats, spec: StreamSpec, raw: dict, i: int, j: int):
-    """``n (n-3) HSIC_1`` (Song et al. 2012) for items i, j from shifted raw moments.
+def _debiased_hsic_bucket(stats: StreamStats, spec: StreamSpec, groups: tuple[int, int],
+                          acc, rows) -> jax.Array:
+    """``n (n-3) HSIC_1`` (Song et al. 2012) of every block of one bucket, ``(Q_b,)``, from
+    shifted raw moments.
 
     With ``K~``, ``L~`` the linear Grams with zeroed diagonals, ``a, b`` squared row norms and
     ``s`` feature sums: ``tr(K~ L~) = ||X^T Y||^2 - <a, b>``, ``1^T K~ 1 = ||s_x||^2 - sum a``
     and ``1^T K~ L~ 1 = s_x^T X^T Y s_y - <A^T Y, s_y> - <B^T X, s_x> + <a, b>``.
     """
     n = stats.count.astype(stats.shift[0].dtype)
-    (gi, li), (gj, lj) = spec.layout.locate(i), spec.layout.locate(j)
-    m = raw[(i, j)] if (i, j) in raw else raw[(j, i)].T
+    gi, gj = groups
+    _, li, lj, i, j = rows
+    m = comp.value(acc)  # (Q, d_i, d_j)
     si, sj = comp.value(stats.total[gi])[li], comp.value(stats.total[gj])[lj]
-    aa = comp.value(stats.row_dot)[i, j]
-    sa_i, sa_j = comp.value(stats.row_sum)[i], comp.value(stats.row_sum)[j]
-    af_ij = comp.value(stats.row_feat[gj])[i, lj]  # sum_r a_ir y_r
-    af_ji = comp.value(stats.row_feat[gi])[j, li]  # sum_r b_r x_r
-    trace = jnp.sum(m * m) - aa
-    ones_k = jnp.dot(si, si) - sa_i
-    ones_l = jnp.dot(sj, sj) - sa_j
-    cross = si @ m @ sj - jnp.dot(af_ij, sj) - jnp.dot(af_ji, si) + aa
+    row_dot, row_sum = comp.value(stats.row_dot), comp.value(stats.row_sum)
+    aa = row_dot[i, j]
+    af_ij = comp.value(stats.row_feat[gj])[i, lj]  # sum_r a_ir y_r, (Q, d_j)
+    af_ji = comp.value(stats.row_feat[gi])[j, li]  # sum_r b_r x_r, (Q, d_i)
+    trace = jnp.sum(m * m, axis=(1, 2)) - aa
+    ones_k = jnp.sum(si * si, axis=1) - row_sum[i]
+    ones_l = jnp.sum(sj * sj, axis=1) - row_sum[j]
+    cross = (jnp.einsum("qi,qij,qj->q", si, m, sj) - jnp.sum(af_ij * sj, axis=1)
+             - jnp.sum(af_ji * si, axis=1) + aa)
     return trace + ones_k * ones_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross
 
 
 @partial(jax.jit, static_argnames=("spec", "debiased"))
 def _linear_cka(stats: StreamStats, *, spec: StreamSpec, debiased: bool):
-    if debiased:
-        raw = _raw_blocks(stats, spec)
-        h = {b: _debiased_hsic(stats, spec, raw, *b) for b in spec.blocks}
-    else:
-        h = {b: jnp.sum(jnp.square(c)) for b, c in _centered_blocks(stats, spec).items()}
-    xy = jnp.stack([h[p] for p in spec.pairs])
-    xx = jnp.stack([h[(i, i)] for i, _ in spec.pairs])
-    yy = jnp.stack([h[(j, j)] for _, j in spec.pairs])
+    h = jnp.zeros((len(spec.blocks),), stats.shift[0].dtype)
+    buckets = list(spec.buckets())
+    centered = None if debiased else _centered_buckets(stats, spec)
+    for b, rows in enumerate(_bucket_rows(spec)):
+        if debiased:
+            values = _debiased_hsic_bucket(stats, spec, buckets[b], stats.cross[b], rows)
+        else:
+            values = jnp.sum(jnp.square(centered[b]), axis=(1, 2))
+        h = h.at[rows[0]].set(values)
+    index = spec.block_index()
+    xy = h[np.asarray([index[p] for p in spec.pairs])]
+    xx = h[np.asarray([index[(i, i)] for i, _ in spec.pairs])]
+    yy = h[np.asarray([index[(j, j)] for _, j in spec.pairs])]
     return cka_lib._safe_ratio(xy, xx * yy)
 
 
@@ -268,21 +294,41 @@ def covariance_blocks(stats: StreamStats, *, spec: StreamSpec, pair: int):
     return blocks[(i, i)] / (n - 1), blocks[(j, j)] / (n - 1), blocks[(i, j)] / (n - 1)
 
 
-@partial(jax.jit, static_argnames=("spec", "method", "keep"))
-def _cca_values(stats, epsilon, rtol, *, spec, method, keep):
-    blocks = _centered_blocks(stats, spec)
+@partial(jax.jit, static_argnames=("spec", "method", "keep", "only"))
+def _cca_values(stats, epsilon, rtol, *, spec, method, keep, only):
+    """Every pair's mean canonical correlation, looped (`lax.map`) over the pairs of each
+    width pair."""
     n = stats.count.astype(stats.shift[0].dtype)
-    out = []
-    for i, j in spec.pairs:
-        sxx, syy, sxy = (blocks[(i, i)] / (n - 1), blocks[(j, j)] / (n - 1),
-                         blocks[(i, j)] / (n - 1))
+    centered = _centered_buckets(stats, spec)
+    where = {}  # block (i, j) -> (bucket, row)
+    for b, (ks, *_) in enumerate(_bucket_rows(spec)):
+        for q, k in enumerate(ks):
+            where[spec.blocks[k]] = (b, q)
+
+    def one(sxx, syy, sxy):
         if method == "cca":
-            out.append(cca_lib.cca_from_cov(sxx, syy, sxy, epsilon, rtol).mean)
-        elif method == "svcca":
-            out.append(svcca_lib.svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol).mean)
-        else:
-            out.append(pwcca_lib.pwcca_from_cov(sxx, syy, sxy, epsilon, rtol).mean)
-    return jnp.stack(out)
+            return cca_lib.cca_from_cov(sxx, syy, sxy, epsilon, rtol).mean
+        if method == "svcca":
+            return svcca_lib.svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol).mean
+        return pwcca_lib.pwcca_from_cov(sxx, syy, sxy, epsilon, rtol).mean
+
+    def gather(blocks):
+        b = where[blocks[0]][0]
+        return centered[b][np.asarray([where[k][1] for k in blocks])] / (n - 1)
+
+    out = jnp.full((len(spec.pairs),), jnp.nan, stats.shift[0].dtype)
+    by_bucket: dict = {}
+    for q in only:
+        by_bucket.setdefault(where[spec.pairs[q]][0], []).append(q)
+    for qs in by_bucket.values():
+        pairs = [spec.pairs[q] for q in qs]
+        sxx = gather([(i, i) for i, _ in pairs])
+        syy = gather([(j, j) for _, j in pairs])
+        sxy = gather(pairs)
+        # lax.map, not vmap: one compiled body looped over the pairs (a batched eigh of
+        # many small matrices was far slower here, and unrolling grows the program).
+        out = out.at[np.asarray(qs)].set(jax.lax.map(lambda a: one(*a), (sxx, syy, sxy)))
+    return out
 
 
 def cca_similarity(
@@ -293,8 +339,13 @@ def cca_similarity(
     keep: float | int = 0.99,
     epsilon: float = 0.0,
     rtol: float | None = None,
+    only: Sequence[int] | None = None,
 ) -> jax.Array:
-    """Full-data ``'cca'`` / ``'svcca'`` / ``'pwcca'`` mean similarity of every pair: ``(Q,)``."""
+    """Full-data ``'cca'`` / ``'svcca'`` / ``'pwcca'`` mean similarity of every pair: ``(Q,)``.
+
+    ``only`` restricts the work to those pair numbers of the spec (the others are NaN):
+    CCA-family similarities cost an eigendecomposition per pair, CKA only a sum.
+    """
     if method not in ("cca", "svcca", "pwcca"):
         raise ValueError(f"method must be 'cca', 'svcca' or 'pwcca'; got {method!r}.")
     _check_count(stats, 2, "a covariance")
@@ -302,4 +353,5 @@ def cca_similarity(
     if rtol is None:
         rtol = cca_lib.default_rtol(max(spec.layout.widths), dtype)
     return _cca_values(stats, jnp.asarray(epsilon, dtype), jnp.asarray(rtol, dtype), spec=spec,
-                       method=method, keep=keep)
+                       method=method, keep=keep,
+                       only=tuple(range(len(spec.pairs))) if only is None else tuple(only))

@@ -1,0 +1,75 @@
+"""Representations of many checkpoints at once: the model vmapped over stacked parameters.
+
+One compiled call maps a batch of images through every checkpoint of a trajectory and
+returns, per chosen layer, ``(C, b, d)`` representations (conv maps reduced by a named
+choice, see `transfusion_jax.similarity.reduce_conv`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transfusion_jax.similarity import reduce_conv
+
+
+def layer_names(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """The named intermediates a model returns in ``out`` (except ``logits``), in forward
+    order (its block order first, then ``pre_logits``)."""
+    def forward(x):
+        variables = model.init(jax.random.PRNGKey(0), x)
+        return model.apply(variables, x)[1]
+
+    names = set(jax.eval_shape(forward, jnp.zeros(input_shape)))
+    order = [b for b in model.block_names() if b in names] + ["pre_logits"]
+    return order + sorted(names - set(order) - {"logits"})
+
+
+def make_stacked_forward(model: nn.Module, layers: Sequence[str],
+                         reduction: str) -> Callable[[Any, jax.Array], list[jax.Array]]:
+    """Returns ``f(stacked_variables, images) -> [(C, m, d_l) per layer]``, jitted.
+
+    ``m`` is the batch size, or ``batch * h * w`` for ``flatten_positions``.
+    """
+    def one(variables, images):
+        _, out = model.apply(variables, images, train=False)
+        return [reduce_conv(out[name], reduction).astype(jnp.float32) for name in layers]
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+def stacked_activation_batches(forward: Callable, variables: Any,
+                               batches: Iterable[dict[str, np.ndarray]], *,
+                               max_examples: int = 0) -> Iterator[list[jax.Array]]:
+    """Per eval batch, the per-layer ``(C, m, d)`` activations of its real examples.
+
+    Padding rows are dropped: with ``flatten_positions`` each example owns ``h * w``
+    consecutive rows of its layer, and all of them are kept or dropped together.
+
+    Args:
+      forward: from `make_stacked_forward`.
+      variables: stacked variables (leading checkpoint axis).
+      batches: eval batches with a ``mask`` (`transfusion_jax.data.eval_batches`).
+      max_examples: stop after this many real examples (0 = all).
+    """
+    seen = 0
+    for batch in batches:
+        keep = np.flatnonzero(batch["mask"] > 0)
+        if max_examples:
+            keep = keep[: max(0, max_examples - seen)]
+        if keep.size == 0:
+            break
+        size = len(batch["mask"])
+        acts = forward(variables, jnp.asarray(batch["image"]))
+        out = []
+        for a in acts:
+            per_example = a.shape[1] // size
+            rows = (keep[:, None] * per_example + np.arange(per_example)).ravel()
+            out.append(a[:, rows])
+        yield out
+        seen += keep.size
