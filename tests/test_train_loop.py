@@ -119,3 +119,14 @@ def test_transfusion_from_a_finished_run(smoke_run, tmp_path):
             jax.tree.leaves(start.params[block]), jax.tree.leaves(source.params[block]),
             strict=True))
         assert same == (block != "block3"), block
+
+
+def test_bfloat16_compute_trains_with_float32_params(data_dir, tmp_path):
+    config = smoke_config(data_dir)
+    config.model.dtype = "bfloat16"
+    summary = train_and_evaluate(config, tmp_path)
+    assert np.isfinite(summary["final_eval"]["loss"])
+    state = restore_state(config, tmp_path)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+    train_losses = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert train_losses[-1] < train_losses[0]  # it learns
