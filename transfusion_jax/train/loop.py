@@ -104,7 +104,6 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
     if latest is None:
         state = parallel.replicate(mesh, initial_state(config, setup))
         data_state = None
-        ckpt.save(0, state, {"next_index": 0}, _meta(config, 0, tracker, last_eval, 0.0))
     else:
         _check_resumable(ckpt.restore_meta(latest)["config"], config, workdir)
         target = abstract_like(abstract_state(config, setup), replicated)
@@ -121,6 +120,8 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
     dataset = train_dataset(setup.train_source, config.data, config.train.batch_size,
                             config.seed)
     iterator = train_iterator(dataset, config.data.num_threads, data_state)
+    if latest is None:  # step 0: the initialisation, kept for similarity-to-init analyses
+        ckpt.save(0, state, iterator.get_state(), _meta(config, 0, tracker, last_eval, 0.0))
 
     def run_eval(step: int) -> dict[str, float]:
         batches = eval_batches(setup.eval_source, config.data, config.eval.batch_size,
