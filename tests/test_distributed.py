@@ -44,6 +44,16 @@ def final_params(data_dir, workdir) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
+def assert_same_run(data_dir, workdir, reference) -> None:
+    """Train/eval losses and final parameters equal the reference run's, within float
+    tolerance (another reduction order)."""
+    np.testing.assert_allclose(losses(workdir), losses(reference), rtol=2e-4)
+    np.testing.assert_allclose(losses(workdir, "eval"), losses(reference, "eval"), rtol=2e-4)
+    for a, b in zip(final_params(data_dir, workdir), final_params(data_dir, reference),
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+
+
 def check_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -59,12 +69,7 @@ def test_eight_devices_match_one(data_dir, one_device_run, tmp_path):
     proc = run_cli(tmp_path, data_dir, *OVERRIDES, devices=8)
     check_ok(proc)
     assert len(losses(tmp_path)) == STEPS // 4
-    np.testing.assert_allclose(losses(tmp_path), losses(one_device_run), rtol=2e-4)
-    np.testing.assert_allclose(losses(tmp_path, "eval"), losses(one_device_run, "eval"),
-                               rtol=2e-4)
-    for a, b in zip(final_params(data_dir, tmp_path), final_params(data_dir, one_device_run),
-                    strict=True):
-        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+    assert_same_run(data_dir, tmp_path, one_device_run)
 
 
 def free_port() -> int:
@@ -83,12 +88,7 @@ def test_two_processes_match_one(data_dir, one_device_run, tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    np.testing.assert_allclose(losses(tmp_path), losses(one_device_run), rtol=2e-4)
-    np.testing.assert_allclose(losses(tmp_path, "eval"), losses(one_device_run, "eval"),
-                               rtol=2e-4)
-    for a, b in zip(final_params(data_dir, tmp_path), final_params(data_dir, one_device_run),
-                    strict=True):
-        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+    assert_same_run(data_dir, tmp_path, one_device_run)
     assert no_tmp_folders(tmp_path)
 
 
