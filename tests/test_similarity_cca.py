@@ -113,3 +113,23 @@ def test_procrustes_matches_reference_and_invariances(x64):
     assert float(sim.procrustes_distance(x, 2.5 * x @ q + 1.0)) < 1e-6
     sq = float(sim.procrustes_distance(x, y, squared=True))
     np.testing.assert_allclose(sq, ref.procrustes(x, y) ** 2, rtol=1e-8)
+
+
+def test_blocked_gram_is_exact_and_symmetric(x64):
+    from transfusion_jax.similarity import cca_core
+
+    a = np.random.default_rng(10).standard_normal((50, 23))
+    got = np.asarray(cca_core.gram(a, block=5))  # 5 row strips, the last one partial
+    np.testing.assert_allclose(got, a.T @ a, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(got, got.T)
+
+
+def test_svcca_pwcca_wider_than_gram_block_match_reference(x64):
+    # d > GRAM_BLOCK exercises the strip-wise covariance used on real layer widths.
+    # Distinct canonical correlations, so PWCCA's canonical directions are well defined.
+    r = np.random.default_rng(11)
+    x = r.standard_normal((2000, 530)) * (0.99 ** np.arange(530))
+    y = x[:, :520] * np.linspace(0.05, 3.0, 520) + r.standard_normal((2000, 520))
+    got, want = sim.svcca(x, y, keep=0.9), ref.svcca(x, y, 0.9)
+    np.testing.assert_allclose(float(got.mean), want.mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(sim.pwcca(x, y).mean), ref.pwcca(x, y)[0], rtol=1e-6)

@@ -46,22 +46,62 @@ def default_rtol(d: int, dtype: jnp.dtype) -> float:
     return float(max(d, 100) * np.finfo(np.dtype(dtype)).eps)
 
 
+# Column-block width of `gram`: the upper block triangle is computed as one matmul per row
+# strip of 512 columns, which on XLA:CPU (1 thread, d = 2048) takes ~0.33 s instead of ~0.45 s
+# for the full product; 512 balances the skipped lower blocks against per-dot efficiency.
+GRAM_BLOCK = 512
+
+
+def gram(a: jax.Array, b: jax.Array | None = None, *, block: int = GRAM_BLOCK) -> jax.Array:
+    """``a^T b`` for ``a (n, d)``, ``b (n, e)``; for ``b is None``, the symmetric ``a^T a``.
+
+    The symmetric case computes only the upper block triangle (row strips of ``block``
+    columns, about 5/8 of the flops at ``d = 4 * block``) and mirrors it, so the result is
+    exactly symmetric.
+
+    Returns:
+      ``(d, e)`` or ``(d, d)`` product.
+    """
+    if b is not None:
+        return a.T @ b
+    d = a.shape[1]
+    if d <= block:
+        return a.T @ a
+    upper = jnp.zeros((d, d), a.dtype)
+    for i in range(0, d, block):
+        upper = upper.at[i:i + block, i:].set(a[:, i:i + block].T @ a[:, i:])
+    # Mirror with triu + transpose: `jnp.where(row <= col, upper, upper.T)` is equivalent but
+    # can take XLA:CPU minutes to compile at d = 2048.
+    return jnp.triu(upper) + jnp.triu(upper, 1).T
+
+
 def covariances(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sample covariance blocks of centered ``x (n, dx)`` and ``y (n, dy)``, over ``n - 1``.
 
     Returns:
-      ``S_xx (dx, dx)``, ``S_yy (dy, dy)``, ``S_xy (dx, dy)``.
+      ``S_xx (dx, dx)``, ``S_yy (dy, dy)`` (exactly symmetric), ``S_xy (dx, dy)``.
     """
     n = x.shape[0]
     xc = x - jnp.mean(x, axis=0, keepdims=True)
     yc = y - jnp.mean(y, axis=0, keepdims=True)
-    return xc.T @ xc / (n - 1), yc.T @ yc / (n - 1), xc.T @ yc / (n - 1)
+    return gram(xc) / (n - 1), gram(yc) / (n - 1), gram(xc, yc) / (n - 1)
 
 
 def eigh_descending(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Eigenvalues ``(d,)`` in descending order and eigenvectors ``(d, d)`` (columns)."""
-    lam, vec = jnp.linalg.eigh(cov)
+    """Eigenvalues ``(d,)`` in descending order and eigenvectors ``(d, d)`` (columns).
+
+    ``cov`` is symmetrised first, as in `jnp.linalg.eigh`; the LAPACK call then reads the
+    upper triangle, which (row-major arrays being the transpose of what LAPACK sees) is
+    ~10% faster on CPU than the lower one at ``d = 2048``.
+    """
+    lam, vec = eigh_upper(cov)
     return lam[::-1], vec[:, ::-1]
+
+
+def eigh_upper(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Ascending ``(lam (d,), vec (d, d))`` of the symmetric part of ``a (d, d)``."""
+    vec, lam = jax.lax.linalg.eigh(a, lower=False, symmetrize_input=True)
+    return lam, vec
 
 
 def rank_mask(lam: jax.Array, rtol: float | jax.Array) -> jax.Array:
@@ -78,8 +118,14 @@ def whitening(
     ``W^T S W`` is the identity on the kept directions (exactly so for ``epsilon = 0``) and 0
     elsewhere; ``epsilon`` is the ridge of google/svcca's ``epsilon``.
     """
-    scale = jnp.where(mask, 1.0 / jnp.sqrt(jnp.where(mask, lam + epsilon, 1.0)), 0.0)
-    return vec * scale[None, :]
+    return vec * whitening_scale(lam, mask, epsilon)[None, :]
+
+
+def whitening_scale(
+    lam: jax.Array, mask: jax.Array, epsilon: float | jax.Array = 0.0
+) -> jax.Array:
+    """``(d,)`` column scales of `whitening`: ``mask / sqrt(lam + epsilon)``."""
+    return jnp.where(mask, 1.0 / jnp.sqrt(jnp.where(mask, lam + epsilon, 1.0)), 0.0)
 
 
 def _finish(rhos: jax.Array, count: jax.Array) -> CCAResult:

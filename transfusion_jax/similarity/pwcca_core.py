@@ -70,10 +70,11 @@ def pwcca_from_eig(
         sxx, eig_x, syy, eig_y, sxy = syy, eig_y, sxx, eig_x, sxy.T
     (lx, vx), (ly, vy) = eig_x, eig_y
     mx, my = cca_lib.rank_mask(lx, rtol), cca_lib.rank_mask(ly, rtol)
-    wx = cca_lib.whitening(lx, vx, mx, epsilon)
+    scale_x = cca_lib.whitening_scale(lx, mx, epsilon)
+    wx = vx * scale_x[None, :]
     wy = cca_lib.whitening(ly, vy, my, epsilon)
     m = wx.T @ sxy @ wy  # (dx, dy), dx <= dy
-    _, u = jnp.linalg.eigh(m @ m.T)
+    _, u = cca_lib.eigh_upper(m @ m.T)
     u = u[:, ::-1]
     # Correlations from the vectors (||M^T u_i||) keep small rho accurate, unlike sqrt(ev).
     rhos = jnp.sqrt(jnp.sum(jnp.square(m.T @ u), axis=0))
@@ -81,9 +82,11 @@ def pwcca_from_eig(
     count = jnp.minimum(rank_x, jnp.sum(my))
     idx = jnp.arange(u.shape[1])
     rhos = jnp.where(idx < count, jnp.clip(rhos, 0.0, 1.0), 0.0)
-    a = wx @ u  # canonical weights; variates h_i = X_c a_i
-    proj = sxx @ a  # column i: <h_i, x_j> / (n-1) over neurons j
-    norm_sq = jnp.sum(a * proj, axis=0)
+    # Canonical weights a_i = W_x u_i give variates h_i = X_c a_i. With S_xx = V diag(lam) V^T
+    # (the decomposition W_x is built from), S_xx W_x = V diag(lam * scale), so the
+    # projections and norms take one (d, d) product instead of forming a and S_xx a.
+    proj = (vx * (lx * scale_x)[None, :]) @ u  # column i: <h_i, x_j> / (n-1) over neurons j
+    norm_sq = jnp.sum((lx * jnp.square(scale_x))[:, None] * jnp.square(u), axis=0)  # a^T S a
     valid = (idx < rank_x) & (norm_sq > 0)
     alpha = jnp.sum(jnp.abs(proj), axis=0) / jnp.sqrt(jnp.where(valid, norm_sq, 1.0))
     alpha = jnp.where(valid, alpha, 0.0)
