@@ -35,7 +35,7 @@ from transfusion_jax.analysis.similarity_plots import plot_similarity
 from transfusion_jax.analysis.trajectory import load_trajectory
 from transfusion_jax.config import ConfigError, check_choice
 from transfusion_jax.data import eval_batches, open_source
-from transfusion_jax.similarity import REDUCTIONS, streaming
+from transfusion_jax.similarity import REDUCTIONS, all_pairs, streaming
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ def plot_pairs(num_checkpoints: int, num_layers: int) -> np.ndarray:
               for layer in range(num_layers) for c1 in range(num_checkpoints)
               for c2 in range(c1, num_checkpoints)}
     return np.array(sorted(pairs))
-
-
-def all_pairs(num_items: int) -> np.ndarray:
-    i, j = np.triu_indices(num_items)
-    return np.stack([i, j], axis=1)
 
 
 def _matrix(values: np.ndarray, pairs: np.ndarray, num_checkpoints: int,

@@ -9,16 +9,15 @@ arrays. Degenerate input (constant or non-finite representations, too few exampl
 This package is a leaf: it imports nothing of the project but `transfusion_jax.parallel`.
 """
 
-from transfusion_jax.similarity import batched, layout, minibatch, streaming
+from transfusion_jax.similarity import batched, batched_cca, layout, minibatch, streaming
 from transfusion_jax.similarity.batched import (
-    cca_matrix,
-    cca_pairs,
-    cca_to_reference,
+    all_pairs,
     linear_cka_matrix,
     linear_cka_pairs,
     linear_cka_to_reference,
     reference_pairs,
 )
+from transfusion_jax.similarity.batched_cca import cca_matrix, cca_pairs, cca_to_reference
 from transfusion_jax.similarity.cca_core import CCAResult, cca, cca_from_cov
 from transfusion_jax.similarity.cka import (
     center_gram,
@@ -47,8 +46,10 @@ __all__ = [
     "PWCCAResult",
     "REDUCTIONS",
     "SimilarityInputError",
+    "all_pairs",
     "as_array",
     "batched",
+    "batched_cca",
     "cca",
     "cca_from_cov",
     "cca_matrix",

@@ -17,8 +17,7 @@ debiased estimator of Song et al. 2012). Two exact ways to get all of ``H``:
 ``form='auto'`` picks the cheaper that fits. Row-block pairs are spread over the devices of a
 ``data`` mesh (`transfusion_jax.parallel`) and the partial sums are all-reduced.
 
-The CCA family (CCA, SVCCA, PWCCA) shares each item's covariance eigendecomposition across
-all pairs it takes part in; per pair only ``X_i^T X_j`` and a small SVD/eigh remain.
+The CCA family's batched forms are in `batched_cca`.
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from transfusion_jax import parallel
-from transfusion_jax.similarity import cca_core as cca_lib
 from transfusion_jax.similarity import cka as cka_lib
 from transfusion_jax.similarity import layout as layout_lib
-from transfusion_jax.similarity import pwcca_core as pwcca_lib
-from transfusion_jax.similarity import svcca_core as svcca_lib
 from transfusion_jax.similarity import validation
 
 Pairs = Sequence[tuple[int, int]] | np.ndarray
@@ -278,6 +274,12 @@ def linear_cka_pairs(
     return _linear_cka_pairs(groups, layout=layout, pairs_key=key, debiased=debiased)
 
 
+def all_pairs(num_items: int) -> np.ndarray:
+    """``(P (P+1) / 2, 2)`` pairs ``i <= j``."""
+    i, j = np.triu_indices(num_items)
+    return np.stack([i, j], axis=1)
+
+
 def reference_pairs(num_checkpoints: int, num_layers: int, reference: int = 0) -> np.ndarray:
     """``(C * L, 2)`` pairs: item ``(c, l)`` with item ``(reference, l)``, row ``c * L + l``."""
     c, layer = np.meshgrid(np.arange(num_checkpoints), np.arange(num_layers), indexing="ij")
@@ -302,107 +304,3 @@ def linear_cka_to_reference(
     pairs = reference_pairs(layout.num_checkpoints, layout.num_layers, reference)
     vals = linear_cka_pairs(acts, pairs, debiased=debiased)
     return vals.reshape(layout.num_checkpoints, layout.num_layers)
-
-
-# --------------------------------------------------------------------------- CCA family
-
-CCA_METHODS = ("cca", "svcca", "pwcca")
-
-
-@partial(jax.jit, static_argnames=("layout", "pairs_key", "method", "keep"))
-def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
-    pairs = np.asarray(pairs_key, dtype=np.int64).reshape(-1, 2)
-    groups = _center(groups)
-    n = groups[0].shape[1]
-    # Per item, once: covariance and its eigendecomposition.
-    covs = [jnp.einsum("pni,pnj->pij", g, g) / (n - 1) for g in groups]
-    eig = [jax.vmap(cca_lib.eigh_descending)(c) for c in covs]
-    out = jnp.zeros((len(pairs),), groups[0].dtype)
-    for (gi, gj), rows in _pair_buckets(pairs, layout).items():
-        q = np.asarray([r[0] for r in rows])
-        li = jnp.asarray([r[1] for r in rows], jnp.int32)
-        lj = jnp.asarray([r[2] for r in rows], jnp.int32)
-
-        def one(ij, gi=gi, gj=gj):
-            i, j = ij
-            sxy = groups[gi][i].T @ groups[gj][j] / (n - 1)
-            (lx, vx), (ly, vy) = (eig[gi][0][i], eig[gi][1][i]), (eig[gj][0][j], eig[gj][1][j])
-            if method == "pwcca":
-                return pwcca_lib.pwcca_from_eig(covs[gi][i], (lx, vx), covs[gj][j], (ly, vy),
-                                                sxy, epsilon, rtol).mean
-            if method == "svcca":
-                mx = svcca_lib.keep_mask(lx, keep) & cca_lib.rank_mask(lx, rtol)
-                my = svcca_lib.keep_mask(ly, keep) & cca_lib.rank_mask(ly, rtol)
-                eps = 0.0
-            else:
-                mx, my = cca_lib.rank_mask(lx, rtol), cca_lib.rank_mask(ly, rtol)
-                eps = epsilon
-            wx, wy = cca_lib.whitening(lx, vx, mx, eps), cca_lib.whitening(ly, vy, my, eps)
-            return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my).mean
-
-        out = out.at[q].set(jax.lax.map(one, (li, lj)))
-    return out
-
-
-def cca_pairs(
-    acts: layout_lib.Activations,
-    pairs: Pairs,
-    *,
-    method: str = "svcca",
-    keep: float | int = 0.99,
-    epsilon: float = 0.0,
-    rtol: float | None = None,
-) -> jax.Array:
-    """Mean CCA / SVCCA / PWCCA similarity for chosen item pairs, eigendecompositions shared.
-
-    Args:
-      acts: ``(C, L, n, d)`` or a list over layers of ``(C, n, d_l)``.
-      pairs: ``(Q, 2)`` item indices (``i = c * L + l``).
-      method: ``'cca'`` (mean canonical correlation), ``'svcca'`` (Raghu et al. 2017) or
-        ``'pwcca'`` (Morcos et al. 2018).
-      keep: SVCCA variance fraction or number of directions.
-      epsilon: ridge for CCA and PWCCA.
-      rtol: relative rank cut; default ``max(d, 100) * eps(dtype)``.
-
-    Returns:
-      ``(Q,)`` similarities (the ``mean`` of `cca`, `svcca`, `pwcca`).
-    """
-    if method not in CCA_METHODS:
-        raise ValueError(f"method must be one of {CCA_METHODS}; got {method!r}.")
-    if method == "svcca":
-        svcca_lib._check_keep(keep)
-    layout, groups = _prepare(acts, debiased=False)
-    pairs = _check_pairs(pairs, layout.num_items)
-    dtype = groups[0].dtype
-    if rtol is None:
-        rtol = cca_lib.default_rtol(max(layout.widths), dtype)
-    key = tuple(map(tuple, pairs.tolist()))
-    return _cca_pairs(groups, jnp.asarray(epsilon, dtype), jnp.asarray(rtol, dtype),
-                      layout=layout, pairs_key=key, method=method, keep=keep)
-
-
-def all_pairs(num_items: int) -> np.ndarray:
-    """``(P (P+1) / 2, 2)`` pairs ``i <= j``."""
-    i, j = np.triu_indices(num_items)
-    return np.stack([i, j], axis=1)
-
-
-def cca_matrix(acts: layout_lib.Activations, **kwargs) -> jax.Array:
-    """``(P, P)`` symmetric matrix of `cca_pairs` over all pairs ``i <= j``."""
-    layout = layout_lib.layout_of(acts)
-    pairs = all_pairs(layout.num_items)
-    vals = cca_pairs(acts, pairs, **kwargs)
-    p = layout.num_items
-    m = jnp.zeros((p, p), vals.dtype).at[pairs[:, 0], pairs[:, 1]].set(vals)
-    return m.at[pairs[:, 1], pairs[:, 0]].set(vals)
-
-
-def cca_to_reference(
-    acts: layout_lib.Activations, *, reference: int = 0, **kwargs
-) -> jax.Array:
-    """Per layer, `cca_pairs` of every checkpoint with checkpoint `reference`: ``(C, L)``."""
-    layout = layout_lib.layout_of(acts)
-    if not 0 <= reference < layout.num_checkpoints:
-        raise ValueError(f"reference {reference} is not in [0, {layout.num_checkpoints}).")
-    pairs = reference_pairs(layout.num_checkpoints, layout.num_layers, reference)
-    return cca_pairs(acts, pairs, **kwargs).reshape(layout.num_checkpoints, layout.num_layers)
