@@ -16,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.head import pooled_head
+
 # name -> (kernel size, channels per block, max-pool after block?)
 CBR_SPECS: dict[str, tuple[int, tuple[int, ...], tuple[bool, ...]]] = {
     "cbr_large_tall": (7, (32, 64, 128, 256, 512), (True, True, True, True, False)),
@@ -93,11 +95,7 @@ class CBR(nn.Module):
             x = CBRBlock(max(1, round(c * self.width)), self.kernel, pool, self.dtype,
                          name=name)(x, train=train)
             out[name] = x
-        x = jnp.mean(x, axis=(1, 2))
-        out["pre_logits"] = x
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-        logits = logits.astype(jnp.float32)
-        out["logits"] = logits
+        logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype)
         return logits, out
 
 

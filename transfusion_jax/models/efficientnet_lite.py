@@ -31,6 +31,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.head import pooled_head
+
 # Stages of the base network: (repeats, kernel, stride, expand ratio, in channels, out channels)
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
            (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
@@ -169,11 +171,8 @@ class EfficientNetLite(nn.Module):
             out[name] = x
         x = _ConvBNReLU6(1280, 1, 1, self.dtype, name="conv_head")(x, train=train)
         out["conv_head"] = x
-        x = jnp.mean(x, axis=(1, 2))
-        out["pre_logits"] = x
-        x = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
-        out["logits"] = logits
+        logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
+                             train=train, dropout_rate=self.dropout_rate)
         return logits, out
 
 

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from transfusion_jax.models.head import pooled_head
+
 # (name, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj) as torchvision's Inception.
 _MIXED = (
     ("mixed3a", 64, 96, 128, 16, 32, 32),
@@ -162,13 +164,9 @@ class GoogLeNet(nn.Module):
             out[name] = x
             if name in _POOL_AFTER:
                 x = max_pool_ceil(x, _POOL_AFTER[name], 2)
-        x = jnp.mean(x, axis=(1, 2))
-        out["pre_logits"] = x
-        x = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                          kernel_init=nn.initializers.truncated_normal(0.01), name="head")(x)
-        logits = logits.astype(jnp.float32)
-        out["logits"] = logits
+        logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
+                             train=train, dropout_rate=self.dropout_rate,
+                             kernel_init=nn.initializers.truncated_normal(0.01))
         return logits, out
 
 

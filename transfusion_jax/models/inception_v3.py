@@ -20,6 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.head import pooled_head
+
 Pad = str | Sequence[tuple[int, int]]
 
 
@@ -256,13 +258,9 @@ class InceptionV3(nn.Module):
                 out["aux_logits"] = aux.astype(jnp.float32)
             x = make(dtype=self.dtype, name=name)(x, train=train)
             out[name] = x
-        x = jnp.mean(x, axis=(1, 2))
-        out["pre_logits"] = x
-        x = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                          kernel_init=nn.initializers.truncated_normal(0.1), name="head")(x)
-        logits = logits.astype(jnp.float32)
-        out["logits"] = logits
+        logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
+                             train=train, dropout_rate=self.dropout_rate,
+                             kernel_init=nn.initializers.truncated_normal(0.1))
         return logits, out
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.head import pooled_head
+
 # He normal with fan-out, as torchvision initialises ResNet convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -174,10 +176,7 @@ class ResNet(nn.Module):
             x = ResNetStage(features, units, 1 if i == 0 else 2, self.bottleneck,
                             self.zero_init_residual, self.dtype, name=name)(x, train=train)
             out[name] = x
-        x = jnp.mean(x, axis=(1, 2))
-        out["pre_logits"] = x
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
-        out["logits"] = logits
+        logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype)
         return logits, out
 
 
