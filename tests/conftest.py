@@ -32,6 +32,13 @@ def data_dir(tmp_path_factory) -> str:
     return path
 
 
+@pytest.fixture
+def x64():
+    """Float64 enabled for one test only (a context, so it never leaks into other tests)."""
+    with jax.enable_x64(True):
+        yield
+
+
 def smoke_config(data_dir: str, **overrides):
     """The quickstart's smoke config on the session data dir, with dotted-key overrides."""
     from configs.quickstart import get_config

@@ -13,12 +13,6 @@ from tests import similarity_reference as ref
 from transfusion_jax import similarity as sim
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _items(acts):
     """Per-pair loop order: item c * L + l."""
     if isinstance(acts, list):

@@ -8,12 +8,6 @@ from tests import similarity_reference as ref
 from transfusion_jax import similarity as sim
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _pair(n=60, dx=6, dy=4, seed=0):
     r = np.random.default_rng(seed)
     x = r.standard_normal((n, dx))

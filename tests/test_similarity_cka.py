@@ -12,12 +12,6 @@ from transfusion_jax import similarity as sim
 F32_TOL = 2e-5  # documented float32 tolerance for CKA on well-conditioned data
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _pair(n=40, dx=7, dy=5, seed=0):
     r = np.random.default_rng(seed)
     x = r.standard_normal((n, dx))

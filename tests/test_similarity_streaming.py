@@ -10,12 +10,6 @@ from transfusion_jax import similarity as sim
 from transfusion_jax.similarity import compensated, minibatch, streaming
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _acts(c=2, n=48, widths=(5, 3), seed=0, offset=0.0):
     r = np.random.default_rng(seed)
     base = r.standard_normal((n, 6))

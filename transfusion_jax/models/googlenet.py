@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from transfusion_jax.models.head import pooled_head
+from transfusion_jax.models.inputs import imagenet_to_inception_range
 
 # (name, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj) as torchvision's Inception.
 _MIXED = (
@@ -147,9 +148,7 @@ class GoogLeNet(nn.Module):
         """
         x = x.astype(self.dtype)
         if self.transform_input:
-            mean = jnp.array([0.485, 0.456, 0.406], self.dtype)
-            std = jnp.array([0.229, 0.224, 0.225], self.dtype)
-            x = x * (std / 0.5) + (mean - 0.5) / 0.5
+            x = imagenet_to_inception_range(x, self.dtype)
         out = {}
         x = BasicConv2d(64, 7, 2, self.dtype, name="conv2d0")(x, train=train)
         out["conv2d0"] = x

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from transfusion_jax.models.head import pooled_head
+from transfusion_jax.models.inputs import imagenet_to_inception_range
 
 Pad = str | Sequence[tuple[int, int]]
 
@@ -241,9 +242,7 @@ class InceptionV3(nn.Module):
             raise ValueError(f"InceptionV3 needs inputs of at least 75x75, got {x.shape}")
         x = x.astype(self.dtype)
         if self.transform_input:
-            mean = jnp.array([0.485, 0.456, 0.406], self.dtype)
-            std = jnp.array([0.229, 0.224, 0.225], self.dtype)
-            x = x * (std / 0.5) + (mean - 0.5) / 0.5
+            x = imagenet_to_inception_range(x, self.dtype)
         out = {}
         specs = ((32, (3, 3), 2, "VALID"), (32, (3, 3), 1, "VALID"), (64, (3, 3), 1, _pad(1, 1)),
                  (80, (1, 1), 1, "VALID"), (192, (3, 3), 1, "VALID"))

@@ -38,6 +38,25 @@ def as_float(x: Any, dtype: jnp.dtype | None = None) -> jax.Array:
     return x.astype(dtype or compute_dtype(x))
 
 
+def _check_examples(name: str, n: int, min_examples: int, reason: str) -> None:
+    """Raises unless ``n >= min_examples``; ``reason`` says why that many are needed."""
+    if n < min_examples:
+        extra = f" ({reason})" if reason else ""
+        raise SimilarityInputError(
+            f"{name} has {n} examples; at least {min_examples} are needed{extra}."
+        )
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    """Raises, with the count of bad values, if ``values`` holds NaN or inf."""
+    if not np.all(np.isfinite(values)):
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise SimilarityInputError(
+            f"{name} contains {bad} NaN or inf values; similarity of non-finite activations "
+            "is undefined. Check the model for overflow or mask those examples."
+        )
+
+
 def check_representation(
     x: Any,
     name: str = "x",
@@ -75,18 +94,9 @@ def check_representation(
     n, d = shape
     if d < 1:
         raise SimilarityInputError(f"{name} has no features (shape {shape}).")
-    if n < min_examples:
-        extra = f" ({reason})" if reason else ""
-        raise SimilarityInputError(
-            f"{name} has {n} examples; at least {min_examples} are needed{extra}."
-        )
+    _check_examples(name, n, min_examples, reason)
     values = np.asarray(x)
-    if not np.all(np.isfinite(values)):
-        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-        raise SimilarityInputError(
-            f"{name} contains {bad} NaN or inf values; similarity of non-finite activations "
-            "is undefined. Check the model for overflow or mask those examples."
-        )
+    _check_finite(name, values)
     if require_variance and np.all(np.ptp(values, axis=0) == 0):
         raise SimilarityInputError(
             f"{name} is constant over the examples (every feature has zero variance); "
@@ -131,17 +141,9 @@ def check_stack(
             f"{name} must be stacked as (..., n_examples, n_features); got shape {shape}."
         )
     n = shape[-2]
-    if n < min_examples:
-        extra = f" ({reason})" if reason else ""
-        raise SimilarityInputError(
-            f"{name} has {n} examples; at least {min_examples} are needed{extra}."
-        )
+    _check_examples(name, n, min_examples, reason)
     values = np.asarray(acts)
-    if not np.all(np.isfinite(values)):
-        raise SimilarityInputError(
-            f"{name} contains NaN or inf values; similarity of non-finite activations is "
-            "undefined. Check the model for overflow or mask those examples."
-        )
+    _check_finite(name, values)
     flat = values.reshape(-1, n, shape[-1])
     constant = np.all(np.ptp(flat, axis=1) == 0, axis=-1)
     if np.any(constant):
