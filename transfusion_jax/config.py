@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
     """Every key the training job reads, with its default."""
     c = ml_collections.ConfigDict()
-    c.job = "train"  # train (later: sweep, similarity, report)
+    c.job = "train"  # train | sweep | aggregate | similarity | analyze
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_examples = 0  # 0 = all; else a seeded subset (small-data regime)
     c.data.subset_seed = 0  # picks that subset; fixed across run seeds by default
     c.data.num_threads = 4
+    # Maps a dataset's raw labels to the task's: "" (as stored) | referable_dr (grades 0-4
+    # -> grade >= 2) | chexpert5_uones | chexpert5_uzeros (5 pathologies, uncertain -> 1 / 0).
+    c.data.label_transform = ""
     c.data.augment = ml_collections.ConfigDict({"crop_padding": 0, "flip": False})
     c.data.folder = ml_collections.ConfigDict({
         "root": "", "csv": "labels.csv", "image_column": "image",
@@ -72,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.0
     c.train.weight_decay_mask = "kernel$"  # regex on parameter paths that decay
     c.train.grad_clip_norm = 0.0  # 0 = no clipping
+    # Per-parameter learning-rate multipliers: ((regex on a/b/kernel paths, factor), ...);
+    # the first match wins, unmatched parameters get 1. Factor 0 freezes.
+    c.train.lr_multipliers = ()
+    c.train.freeze = ""  # regex: matching parameters are not updated (nor decayed)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 100
@@ -106,10 +113,39 @@ def base_config() -> ml_collections.ConfigDict:
     c.similarity.debiased = False
     c.similarity.svcca = True
     c.similarity.svcca_keep = 0.99
+
+    # job = sweep: train every variant of the grid (axes x seeds) under the workdir, then
+    # aggregate. An axis is {label: partial config tree}, e.g. axes.init = {"random": {"init":
+    # {"name": "random"}}}; an init.source of "@NAME" is the workdir of stage NAME.
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.axes = ml_collections.ConfigDict()
+    c.sweep.seeds = (0,)
+    c.sweep.stages = ()  # ((name, "configs/x.py:arg"), ...): trained first, in order
+    c.sweep.num_shards = 1  # spread the runs over hosts: host i runs runs[i::num_shards]
+    c.sweep.shard_index = 0
+    c.sweep.similarity = True  # per-layer CKA of the trained models to their inits
+    c.sweep.baseline = "random"  # the init label speed-ups are measured against
+    c.sweep.bootstrap = 10000  # bootstrap resamples for the confidence intervals
+    c.sweep.confidence = 0.95
+
+    # job = analyze: what fine-tuning changed between two checkpoints (a report).
+    c.analysis = ml_collections.ConfigDict()
+    c.analysis.before = ""  # RUN_DIR[@STEP]; "" = the after run at step 0
+    c.analysis.after = ""  # RUN_DIR[@STEP]; step defaults to the newest
+    c.analysis.baselines = ()  # more RUN_DIR[@STEP] compared per layer (e.g. another seed)
+    c.analysis.layers = ()  # () = every block of the model
+    c.analysis.split = ""  # "" = the after run's eval split
+    c.analysis.max_examples = 2000
+    c.analysis.top_k = (100,)
+    c.analysis.channels_shown = 6  # channels per layer in the image grids
+    c.analysis.feature_vis_steps = 256
+    c.analysis.feature_vis_size = 64
+    c.analysis.feature_vis_channels = 3
     c.lock()
     # Family- and strategy-specific options stay open: config files may add keys to them.
     c.model.options.unlock()
     c.init.options.unlock()
+    c.sweep.axes.unlock()
     return c
 
 
