@@ -160,6 +160,14 @@ def test_image_folder_multi_label_and_errors(tmp_path):
     assert src[0]["label"].tolist() == [0.0, 1.0]
     with pytest.raises(DatasetNotFoundError, match=r"lacks the column\(s\) \['Joseph'\]"):
         open_source(folder_config(tmp_path, ("angel", "Joseph")), "test")
+    text = (tmp_path / "labels.csv").read_text().replace("img4.png,test,0,1", "img4.png,test,,1")
+    (tmp_path / "labels.csv").write_text(text)
+    src, _ = open_source(folder_config(tmp_path, ("angel", "Mary")), "test")
+    assert src[0]["label"].tolist() == [0.0, 1.0]  # a blank cell is an unmentioned label
+    (tmp_path / "labels.csv").write_text(text.replace(",,1", ",yes,1"))
+    with pytest.raises(DatasetNotFoundError, match="'yes', not a number"):
+        open_source(folder_config(tmp_path, ("angel", "Mary")), "test")
+    (tmp_path / "labels.csv").write_text(text)
     (tmp_path / "img0.png").unlink()
     with pytest.raises(DatasetNotFoundError, match="missing, e.g. .*img0.png"):
         open_source(folder_config(tmp_path, ("angel", "Mary")), "train")

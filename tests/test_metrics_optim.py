@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -16,7 +17,7 @@ from transfusion_jax.train.metrics import (
     ranking_metrics,
     roc_auc,
 )
-from transfusion_jax.train.optim import decay_mask, make_optimizer, make_schedule
+from transfusion_jax.train.optim import decay_mask, lr_factors, make_optimizer, make_schedule
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -97,3 +98,49 @@ def test_losses_match_definitions():
     bce = -np.mean(np.log([p[0], 1 - p[1], p[2]]))
     got = LOSSES["sigmoid"](logits, jnp.array([[1.0, 0.0, 1.0]]))[0]
     assert float(got) == pytest.approx(bce, 1e-6)
+
+
+def _sgd_config(**train):
+    c = base_config().train
+    c.schedule.name, c.schedule.base_lr, c.optimizer.momentum = "constant", 0.1, 0.9
+    c.weight_decay = 0.01
+    for key, value in train.items():
+        c[key] = value
+    return c
+
+
+def test_lr_multipliers_scale_updates_and_freeze_stops_them():
+    params = {"stem": {"conv": {"kernel": jnp.ones((3,)), "bias": jnp.ones((3,))}},
+              "head": {"kernel": jnp.ones((3,)), "bias": jnp.ones((3,))}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+
+    def updates_after(steps, **train):
+        tx = make_optimizer(_sgd_config(**train))
+        state, out = tx.init(params), []
+        for _ in range(steps):
+            u, state = tx.update(grads, state, params)
+            out.append(u)
+        return out
+
+    plain = updates_after(3)
+    scaled = updates_after(3, lr_multipliers=(("^stem", 0.1),), freeze="head/bias")
+    for u_plain, u_scaled in zip(plain, scaled, strict=True):
+        np.testing.assert_allclose(u_scaled["stem"]["conv"]["kernel"],
+                                   0.1 * u_plain["stem"]["conv"]["kernel"], rtol=1e-6)
+        np.testing.assert_allclose(u_scaled["head"]["kernel"], u_plain["head"]["kernel"])
+        assert not np.any(np.asarray(u_scaled["head"]["bias"]))  # frozen: no step, no decay
+
+
+def test_lr_rules_that_match_nothing_or_are_malformed_are_config_errors():
+    params = {"head": {"kernel": jnp.ones((2,))}}
+    with pytest.raises(ConfigError, match=r"match no parameter.*head/kernel"):
+        lr_factors(params, (("^stme", 0.1),))
+    with pytest.raises(ConfigError, match="match no parameter"):
+        lr_factors(params, (), "block9")
+    with pytest.raises(ConfigError, match="pairs"):
+        lr_factors(params, ("^head",))
+    with pytest.raises(ConfigError, match="bad regex"):
+        lr_factors(params, (("(", 1.0),))
+    two = {"head": {"kernel": jnp.ones((2,)), "bias": jnp.ones((2,))}}
+    assert lr_factors(two, (("kernel", 0.5), ("head", 2.0))) == {  # first match wins
+        "head": {"kernel": 0.5, "bias": 2.0}}

@@ -34,7 +34,27 @@ def _similarity(config, workdir: str) -> None:
     run_similarity_sweep(config, workdir)
 
 
-JOBS: dict[str, Callable] = {"train": _train, "similarity": _similarity}
+def _sweep(config, workdir: str) -> None:
+    from transfusion_jax.experiments.sweep import run_sweep
+
+    run_sweep(config, workdir)
+
+
+def _aggregate(config, workdir: str) -> None:
+    from transfusion_jax.experiments.report import report_sweep
+
+    report_sweep(config, workdir)
+
+
+def _analyze(config, workdir: str) -> None:
+    from transfusion_jax.analysis.analyze import run_analysis
+
+    run_analysis(config, workdir)
+
+
+JOBS: dict[str, Callable] = {"train": _train, "similarity": _similarity, "sweep": _sweep,
+                             "aggregate": _aggregate, "analyze": _analyze}
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from transfusion_jax.config import ConfigError

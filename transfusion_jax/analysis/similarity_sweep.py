@@ -26,16 +26,12 @@ import ml_collections
 import numpy as np
 
 from transfusion_jax import parallel
-from transfusion_jax.analysis.activations import (
-    layer_names,
-    make_stacked_forward,
-    stacked_activation_batches,
-)
+from transfusion_jax.analysis.activations import layer_names
 from transfusion_jax.analysis.similarity_plots import plot_similarity
+from transfusion_jax.analysis.stacked_similarity import streamed_similarity
 from transfusion_jax.analysis.trajectory import load_trajectory
 from transfusion_jax.config import ConfigError, check_choice
-from transfusion_jax.data import eval_batches, open_source
-from transfusion_jax.similarity import REDUCTIONS, all_pairs, streaming
+from transfusion_jax.similarity import REDUCTIONS, all_pairs
 
 log = logging.getLogger(__name__)
 
@@ -84,25 +80,16 @@ def run_similarity_sweep(config: ml_collections.ConfigDict, workdir: str | Path)
     num_c, num_l = len(traj.steps), len(layers)
     log.info("similarity sweep: %d checkpoints %s x %d layers %s", num_c, traj.steps, num_l,
              layers)
-    source, _ = open_source(data, s.split or data.eval_split)
-    forward = make_stacked_forward(model, layers, s.reduction)
-    acts = stacked_activation_batches(
-        forward, traj.variables, eval_batches(source, data, s.batch_size, data.num_threads),
-        max_examples=s.max_examples)
-    first = next(acts)
     pairs = all_pairs(num_c * num_l) if s.pairs == "all" else plot_pairs(num_c, num_l)
-    spec = streaming.StreamSpec.create(first, pairs=pairs, debiased=s.debiased)
-    stats = streaming.update(streaming.init(spec, first), first, spec=spec)
-    for batch in acts:
-        stats = streaming.update(stats, batch, spec=spec)
-    results = {"linear_cka": np.asarray(streaming.linear_cka(stats, spec=spec,
-                                                             debiased=s.debiased))}
+    svcca_pairs = []
     if s.svcca:  # an eigendecomposition per pair: only the pairs the figures show
         wanted = {tuple(p) for p in plot_pairs(num_c, num_l)}
-        only = [q for q, p in enumerate(pairs) if tuple(p) in wanted]
-        results["svcca"] = np.asarray(streaming.cca_similarity(
-            stats, spec=spec, method="svcca", keep=s.svcca_keep, only=only))
-    num_examples = int(stats.count)
+        svcca_pairs = [q for q, p in enumerate(pairs) if tuple(p) in wanted]
+    streamed = streamed_similarity(
+        model, traj.variables, layers, data, s.split or data.eval_split, pairs=pairs,
+        reduction=s.reduction, batch_size=s.batch_size, max_examples=s.max_examples,
+        debiased=s.debiased, svcca_pairs=svcca_pairs, svcca_keep=s.svcca_keep)
+    results, num_examples = streamed.values, streamed.num_examples
     matrices = {k: _matrix(v, pairs, num_c, num_l) for k, v in results.items()}
     elapsed = time.perf_counter() - start
     files = {}

@@ -54,6 +54,18 @@ def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
         ckpt.close()
 
 
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of a run's kept checkpoints, ascending."""
+    directory = Path(run_dir) / "checkpoints"
+    if not directory.is_dir():
+        raise ConfigError(f"{run_dir} is not a training run's workdir (no checkpoints/ in it)")
+    ckpt = Checkpointer(directory)
+    try:
+        return ckpt.all_steps()
+    finally:
+        ckpt.close()
+
+
 def load_trajectory(run_dir: str | Path, steps: Sequence[int] = (),
                     config: ml_collections.ConfigDict | None = None) -> Trajectory:
     """Restores the model variables of ``steps`` (default: every kept checkpoint).

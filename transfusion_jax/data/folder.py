@@ -76,9 +76,9 @@ class ImageFolderSource:
             raise DatasetNotFoundError(
                 f"image_folder: no rows of {csv_file} belong to split {split!r}")
         self._paths = [self.root / r[image_column] for r in rows]
-        if self.multi_label:
-            self._labels = np.asarray([[float(r[c]) for c in label_columns] for r in rows],
-                                      np.float32)
+        if self.multi_label:  # a blank cell is an unmentioned label: 0
+            self._labels = np.asarray([[_cell(r[c], c, csv_file) for c in label_columns]
+                                       for r in rows], np.float32)
         else:
             index = {c: i for i, c in enumerate(self.classes)}
             self._labels = np.asarray([index[r[label_columns[0]]] for r in rows], np.int64)
@@ -102,3 +102,15 @@ class ImageFolderSource:
 
     def __repr__(self) -> str:
         return f"ImageFolderSource({self.root}, {len(self)} images)"
+
+
+def _cell(text: str, column: str, csv_file: Path) -> float:
+    """A multi-label CSV cell as a number (blank = 0); anything else is a clear error."""
+    if not text.strip():
+        return 0.0
+    try:
+        return float(text)
+    except ValueError as e:
+        raise DatasetNotFoundError(f"image_folder: column {column!r} of {csv_file} holds "
+                                   f"{text!r}, not a number (labels are 1 / 0 / -1 or blank)"
+                                   ) from e

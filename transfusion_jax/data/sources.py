@@ -9,9 +9,15 @@
 2. The shipped datasets of `shipped.SHIPPED_BUILDERS` (``mnist5k``, ``digits``,
    ``fashion_mnist``): prepared into ``data_dir`` on first use, offline, in seconds.
 3. Any other tfds name (``cifar10``, ``diabetic_retinopathy_detection``, ``chexpert``,
-   ``imagenet2012``, ...): read from ``data_dir`` as already prepared with
-   ``file_format="array_record"``. Nothing is downloaded; an unprepared dataset raises
-   `DatasetNotFoundError` saying where tfds looked and how to prepare it.
+   ``imagenet2012``, ...; ``name/config`` picks a builder config, e.g.
+   ``diabetic_retinopathy_detection/btgraham-300``): read from ``data_dir`` as already
+   prepared with ``file_format="array_record"``. Nothing is downloaded; an unprepared
+   dataset raises `DatasetNotFoundError` saying where tfds looked and how to prepare it.
+
+``data_config.label_transform`` (see `labels.LABEL_TRANSFORMS`) maps the stored labels to a
+task's labels as records are read (e.g. DR grades -> referable DR, CheXpert's 14
+observations -> 5 pathologies, multi-hot); the transform then decides the meta's
+``num_classes`` and ``multi_label``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from transfusion_jax.data.errors import DatasetNotFoundError
 from transfusion_jax.data.folder import ImageFolderSource
+from transfusion_jax.data.labels import LabelFn, LabelTransform, RawLabel, get_label_transform
 from transfusion_jax.data.shipped import SHIPPED_BUILDERS
 
 log = logging.getLogger(__name__)
@@ -56,42 +63,87 @@ def _quiet_tfds():
 
 
 class _RecordSource:
-    """Adapts a tfds data source to ``{"image", "label"}`` records with chosen keys."""
+    """Adapts a tfds data source to ``{"image", "label"}`` records with chosen keys.
 
-    def __init__(self, source: Any, image_key: str, label_key: str):
+    ``label_fn``, when given, maps each stored label to the task's label (a bound
+    `labels.LabelTransform`).
+    """
+
+    def __init__(self, source: Any, image_key: str, label_key: str,
+                 label_fn: LabelFn | None = None):
         self._source = source
         self._image_key = image_key
         self._label_key = label_key
+        self._label_fn = label_fn
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self._source[index]
+        label = np.asarray(record[self._label_key])
         return {"image": np.asarray(record[self._image_key]),
-                "label": np.asarray(record[self._label_key])}
+                "label": label if self._label_fn is None else self._label_fn(label)}
 
     def __repr__(self) -> str:
         return f"_RecordSource({self._source!r})"
+
+
+class _RelabelledSource:
+    """Any ``{"image", "label"}`` source with its labels mapped by ``label_fn``."""
+
+    def __init__(self, source: Any, label_fn: LabelFn):
+        self._source, self._label_fn = source, label_fn
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self._source[index]
+        return {**record, "label": self._label_fn(record["label"])}
+
+    def __repr__(self) -> str:
+        return f"_RelabelledSource({self._source!r})"
+
+
+def _label_feature(builder: Any, name: str, label_key: str) -> Any:
+    features = builder.info.features
+    if label_key not in features:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} has no feature {label_key!r}; its features are "
+            f"{sorted(features.keys())}: set --config.data.label_key")
+    return features[label_key]
+
+
+def _raw_label(builder: Any, name: str, label_key: str) -> RawLabel:
+    """A builder's label feature described for a label transform."""
+    import tensorflow_datasets as tfds
+
+    label = _label_feature(builder, name, label_key)
+    if isinstance(label, tfds.features.ClassLabel):
+        return RawLabel("class", tuple(label.names), name, label_key)
+    if isinstance(label, tfds.features.Sequence) and isinstance(label.feature,
+                                                                 tfds.features.ClassLabel):
+        return RawLabel("class_sequence", tuple(label.feature.names), name, label_key)
+    shape = getattr(label, "shape", ())
+    if len(shape) == 1 and shape[0]:
+        return RawLabel("multi_hot", tuple(str(i) for i in range(shape[0])), name, label_key)
+    return RawLabel(type(label).__name__, (), name, label_key)
 
 
 def _label_meta(builder: Any, name: str, label_key: str) -> tuple[int, bool]:
     """``(num_classes, multi_label)`` from a builder's label feature."""
     import tensorflow_datasets as tfds
 
-    features = builder.info.features
-    if label_key not in features:
-        raise DatasetNotFoundError(
-            f"dataset {name!r} has no feature {label_key!r}; its features are "
-            f"{sorted(features.keys())}: set --config.data.label_key")
-    label = features[label_key]
+    label = _label_feature(builder, name, label_key)
     if isinstance(label, tfds.features.ClassLabel):
         return label.num_classes, False
     if isinstance(label, tfds.features.Sequence) and isinstance(label.feature,
                                                                  tfds.features.ClassLabel):
         raise DatasetNotFoundError(
-            f"dataset {name!r} has variable-length labels {label_key!r}; convert them to a "
-            "fixed multi-hot tensor before training on them")
+            f"dataset {name!r} has variable-length labels {label_key!r}; set "
+            "--config.data.label_transform to one that maps them to a fixed task label "
+            "(e.g. chexpert5_uones or chexpert5_uzeros for chexpert)")
     shape = getattr(label, "shape", ())
     if len(shape) == 1 and shape[0]:
         return int(shape[0]), True
@@ -100,7 +152,8 @@ def _label_meta(builder: Any, name: str, label_key: str) -> tuple[int, bool]:
         "multi-hot vector; set --config.data.label_key to one that is")
 
 
-def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: str):
+def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: str,
+               transform: LabelTransform | None = None):
     tfds = _quiet_tfds()
     if name in SHIPPED_BUILDERS:
         builder = SHIPPED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
@@ -135,9 +188,14 @@ def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: 
         raise DatasetNotFoundError(
             f"dataset {name!r} has no split {split!r} (splits: "
             f"{', '.join(sorted(builder.info.splits.keys()))}): {e}") from e
-    num_classes, multi_label = _label_meta(builder, name, label_key)
+    if transform is None:
+        num_classes, multi_label = _label_meta(builder, name, label_key)
+        label_fn = None
+    else:
+        num_classes, multi_label = transform.num_classes, transform.multi_label
+        label_fn = transform.bind(_raw_label(builder, name, label_key))
     meta = DatasetMeta(name, num_classes, multi_label, len(source))
-    return _RecordSource(source, image_key, label_key), meta
+    return _RecordSource(source, image_key, label_key, label_fn), meta
 
 
 def open_source(data_config: Any, split: str) -> tuple[Any, DatasetMeta]:
@@ -145,20 +203,35 @@ def open_source(data_config: Any, split: str) -> tuple[Any, DatasetMeta]:
 
     Args:
       data_config: the ``config.data`` section (``name``, ``data_dir``, ``image_key``,
-        ``label_key`` and, for ``image_folder``, the ``folder`` section).
+        ``label_key``, ``label_transform`` and, for ``image_folder``, the ``folder`` section).
       split: a tfds split string (``"train"``, ``"test[:500]"``, ...); for ``image_folder``
         the value of the CSV's split column.
 
     Returns:
-      ``(source, meta)``: a random-access source of ``{"image", "label"}`` and its meta.
+      ``(source, meta)``: a random-access source of ``{"image": uint8 (h, w, c), "label":
+      int64 () | float32 (k,)}`` (labels after the label transform) and its meta.
+
+    Raises:
+      ConfigError: an unknown ``label_transform``.
+      DatasetNotFoundError: the dataset is missing or unprepared, or its labels do not fit
+        the label transform.
     """
     name = data_config.name
+    transform = get_label_transform(data_config.get("label_transform", ""))
     if name == FOLDER_DATASET:
         folder = data_config.folder
+        columns = tuple(folder.label_columns)
         source = ImageFolderSource(
             root=folder.root, csv_path=folder.csv, split=split,
-            image_column=folder.image_column, label_columns=tuple(folder.label_columns),
+            image_column=folder.image_column, label_columns=columns,
             split_column=folder.split_column, classes=tuple(folder.classes) or None)
-        return source, DatasetMeta(name, source.num_classes, source.multi_label, len(source))
+        if transform is None:
+            return source, DatasetMeta(name, source.num_classes, source.multi_label,
+                                       len(source))
+        raw = RawLabel("multi_hot" if source.multi_label else "class", tuple(source.classes),
+                       name, ", ".join(columns))
+        return (_RelabelledSource(source, transform.bind(raw)),
+                DatasetMeta(name, transform.num_classes, transform.multi_label, len(source)))
     data_dir = data_config.data_dir or default_data_dir()
-    return _open_tfds(name, split, data_dir, data_config.image_key, data_config.label_key)
+    return _open_tfds(name, split, data_dir, data_config.image_key, data_config.label_key,
+                      transform)

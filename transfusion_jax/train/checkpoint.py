@@ -1,8 +1,9 @@
 """Orbax checkpoints of a run: train state, data-iterator state and metadata per step.
 
 Layout: ``WORKDIR/checkpoints/<step>/{state,data,meta}``. The last ``keep_last`` steps are
-kept, and also every step that is a multiple of ``keep_every`` (a trajectory for similarity
-sweeps). Saves are asynchronous and always awaited before the process exits, so no
+kept, step 0 (the initialisation, which every similarity-to-init and weight-change analysis
+needs) always, and every step that is a multiple of ``keep_every`` (a trajectory for
+similarity sweeps). Saves are asynchronous and always awaited before the process exits, so no
 ``*.orbax-checkpoint-tmp*`` folder survives a clean exit; a folder left by a killed process
 is never read (Orbax only lists finalised steps) and is removed on the next start.
 Restoring always goes into an abstract target (shapes, dtypes and shardings), never into a
@@ -25,7 +26,7 @@ class Checkpointer:
 
     Args:
       directory: where step folders go (created if absent).
-      keep_last: how many of the newest checkpoints to keep.
+      keep_last: how many of the newest checkpoints to keep (step 0 is kept besides).
       keep_every: also keep every step divisible by this (0 = none).
       async_save: write in a background thread (awaited by `wait` / `close`).
     """
@@ -33,8 +34,13 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_every: int = 0,
                  async_save: bool = True):
         self.directory = Path(directory).absolute()
+        from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
+
+        keep = [policy.LatestN(keep_last), policy.CustomSteps([0])]
+        if keep_every:
+            keep.append(policy.EveryNSteps(keep_every))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep_last, keep_period=keep_every or None, create=True,
+            preservation_policy=policy.AnyPreservationPolicy(keep), create=True,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=ITEMS)

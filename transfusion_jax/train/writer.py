@@ -53,7 +53,8 @@ class MetricWriter:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for name, value in metrics.items():
-                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+                if math.isfinite(float(value)):  # e.g. steps_to_threshold of a run not there
+                    self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
 
     def truncate_after(self, step: int) -> None:
         """Drops lines past ``step`` (a resumed run rewrites them, so none are doubled)."""

@@ -61,7 +61,19 @@ def _restore(path: Path) -> Any:
     """Restores every leaf as a NumPy array, so a checkpoint saved sharded over other devices
     (another mesh, another host count) still reads here."""
     import orbax.checkpoint as ocp
+    from absl import logging as absl_logging
 
+    # An item folder of a CheckpointManager step has no step-level metadata of its own, which
+    # Orbax reports as a warning on every read; it is expected here.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        return _restore_numpy(ocp, path)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
+def _restore_numpy(ocp: Any, path: Path) -> Any:
     with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(path.absolute())
         tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)

@@ -1,0 +1,216 @@
+"""The analyze job: what fine-tuning changed between two checkpoints, as one report.
+
+``python -m transfusion_jax.main --config=configs/analyze.py --workdir=OUT
+--config.analysis.after=RUN_DIR`` compares ``analysis.before`` (default: the same run at step
+0, its initialisation, e.g. the ImageNet weights it was fine-tuned from) with
+``analysis.after`` (default step: the newest) and writes into ``OUT``:
+
+- ``weights/``: per layer and filter, how far the weights moved (`weight_change`), and the
+  relative change of every layer along the after-run's saved steps;
+- ``features/``: per layer, linear CKA and SVCCA between before, after, every saved step of
+  the after run, and ``analysis.baselines`` (e.g. another seed), in one stacked pass;
+- ``max_activation/``: per channel, the top-k images before and after, their overlap, class
+  purity and dead channels (`max_activation`), with image grids;
+- ``filters/``: first-layer filters side by side;
+- ``feature_vis/``: activation maximisation of the channels whose top images changed most,
+  before and after (`feature_vis`);
+- ``report.html`` / ``report.md`` with all of it, and ``timings.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from transfusion_jax.analysis import analyze_report
+from transfusion_jax.analysis.cross_run import (
+    compare_checkpoints,
+    load_checkpoints,
+    parse_ref,
+    write_cross_run,
+)
+from transfusion_jax.analysis.trajectory import checkpoint_steps, load_trajectory
+from transfusion_jax.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _index(tree: Any, c: int) -> Any:
+    return jax.tree.map(lambda v: v[c], tree)
+
+
+class _Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                log.info("analyze: %s ...", name)
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = time.perf_counter() - self.start
+                log.info("analyze: %s done in %.1f s", name, timer.seconds[name])
+
+        return _Span()
+
+
+def _refs(a: ml_collections.ConfigDict) -> tuple[tuple, tuple, list[tuple]]:
+    if not a.after:
+        raise ConfigError("analysis.after must name a training run: RUN_DIR or RUN_DIR@STEP")
+    after_dir, after_step = parse_ref(a.after)
+    after_step = checkpoint_steps(after_dir)[-1] if after_step is None else after_step
+    before_dir, before_step = parse_ref(a.before) if a.before else (after_dir, 0)
+    before_step = checkpoint_steps(before_dir)[-1] if before_step is None else before_step
+    baselines = []
+    for spec in a.baselines:
+        d, s = parse_ref(spec)
+        baselines.append((f"{d.name}@{s if s is not None else 'last'}", d, s))
+    return (f"before (step {before_step})", before_dir, before_step), \
+        (f"after (step {after_step})", after_dir, after_step), baselines
+
+
+def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Runs every analysis of ``config.analysis`` and writes the report into ``workdir``."""
+    a = config.analysis
+    out = Path(workdir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    before, after, baselines = _refs(a)
+    timer = _Timer()
+    files: dict[str, Any] = {}
+    with timer("load checkpoints"):
+        traj, _ = load_checkpoints([before, after])
+        blocks = traj.setup.model.block_names()
+        same_run = Path(before[1]).absolute() == Path(after[1]).absolute()
+        steps = [s for s in checkpoint_steps(after[1]) if s <= after[2]]
+        along = load_trajectory(after[1], steps) if same_run and len(steps) > 2 else None
+    with timer("parameter space"):
+        files["weights"], weights = _weights(traj, along, blocks, out / "weights")
+    with timer("feature space"):
+        refs = [before, after, *baselines]
+        if along is not None:
+            refs += [(f"step {s}", after[1], s) for s in steps if s not in (before[2], after[2])]
+        features = compare_checkpoints(refs, layers=tuple(a.layers), split=a.split,
+                                       max_examples=min(a.max_examples, 2000))
+        files["features"] = write_cross_run(features, out / "features",
+                                            title="Linear CKA between checkpoints, per layer")
+        files["features"]["along_png"] = str(analyze_report.plot_feature_change(
+            features, out / "features" / "before_after.png"))
+    with timer("maximal activation images"):
+        files["max_activation"], comparisons = _max_activation(config, traj, out)
+    with timer("filters"):
+        files["filters"] = _filters(traj, blocks, baselines, out / "filters")
+    with timer("feature visualisation"):
+        files["feature_vis"] = _feature_vis(config, traj, comparisons, out / "feature_vis")
+    (out / "timings.json").write_text(json.dumps(timer.seconds, indent=2) + "\n")
+    html, md = analyze_report.write_analysis_report(
+        out, before=before, after=after, baselines=baselines, model_name=config_name(traj),
+        weights=weights, features=features, comparisons=comparisons, files=files,
+        timings=timer.seconds)
+    log.info("analysis report: %s", html)
+    return {"files": files, "report_html": str(html), "report_md": str(md),
+            "timings": timer.seconds, "features": features, "comparisons": comparisons}
+
+
+def config_name(traj) -> str:
+    c = traj.config
+    return f"{c.model.name} on {c.data.name}"
+
+
+def _weights(traj, along, blocks, out: Path) -> tuple[dict[str, str], Any]:
+    from transfusion_jax.analysis.weight_change import layer_changes, trajectory_changes
+    from transfusion_jax.analysis.weight_change_plots import write_weight_change
+
+    params = traj.variables["params"]
+    result = layer_changes(_index(params, 0), _index(params, 1), blocks=blocks)
+    trajectory = (trajectory_changes(along.variables["params"], steps=along.steps,
+                                     blocks=blocks) if along is not None else None)
+    return write_weight_change(result, out, trajectory=trajectory,
+                               title="Weight change, before -> after"), result
+
+
+def _max_activation(config, traj, out: Path) -> tuple[dict[str, str], list]:
+    from transfusion_jax.analysis.max_activation import max_activation_topk, stacked_maps_forward
+    from transfusion_jax.analysis.max_activation_compare import compare_topk, largest_finite_k
+    from transfusion_jax.analysis.max_activation_plots import (
+        plot_max_activation,
+        write_max_activation,
+    )
+    from transfusion_jax.data import eval_batches, open_source
+
+    a, data = config.analysis, traj.config.data
+    layers = list(a.layers) or [b for b in traj.setup.model.block_names()
+                                if b not in ("head", "stem")]
+    source, meta = open_source(data, a.split or data.eval_split)
+    ks = tuple(a.top_k)
+    results = max_activation_topk(
+        stacked_maps_forward(traj.setup.model, layers), traj.variables,
+        eval_batches(source, data, config.similarity.batch_size, data.num_threads),
+        layers=layers, k=largest_finite_k(ks), num_classes=meta.num_classes,
+        num_examples=a.max_examples)
+    comparisons = [compare_topk(results[layer], ks) for layer in layers if layer in results]
+    files = write_max_activation(out / "max_activation", comparisons, results)
+    files.update(plot_max_activation(out / "max_activation", comparisons, results, source,
+                                     channels_shown=a.channels_shown))
+    return files, comparisons
+
+
+def _filters(traj, blocks, baselines, out: Path) -> dict[str, str]:
+    from transfusion_jax.analysis.filters import first_conv_kernel, plot_filter_grids
+
+    params = traj.variables["params"]
+    kernels = {"before": first_conv_kernel(_index(params, 0), blocks),
+               "after": first_conv_kernel(_index(params, 1), blocks)}
+    for label, run_dir, step in baselines:
+        steps = (step,) if step is not None else (checkpoint_steps(run_dir)[-1],)
+        other = load_trajectory(run_dir, steps).variables["params"]
+        kernels[label] = first_conv_kernel(_index(other, 0), blocks)
+    path = plot_filter_grids(kernels, out / "conv1_filters.png",
+                             title="First-layer filters (each min-max normalised)")
+    return {"png": str(path)}
+
+
+def _feature_vis(config, traj, comparisons, out: Path) -> dict[str, str]:
+    """The channels of the deepest compared layer whose top images changed most."""
+    from transfusion_jax.analysis.feature_vis import plot_feature_vis, visualize_channels
+
+    a = config.analysis
+    if not comparisons or a.feature_vis_channels <= 0:
+        return {}
+    comp = comparisons[len(comparisons) // 2] if len(comparisons) > 2 else comparisons[-1]
+    k = comp.ks[0]
+    overlap = np.where(np.isnan(comp.overlap[k]), np.inf, comp.overlap[k])
+    channels = [int(c) for c in np.argsort(overlap, kind="stable")[: a.feature_vis_channels]]
+    data = traj.config.data
+    images, trace = visualize_channels(
+        traj.setup.model, traj.variables, comp.layer, channels, size=a.feature_vis_size,
+        steps=a.feature_vis_steps, channels_in=data.channels,
+        preprocess=preprocess_for(data.normalize), stacked=True)
+    path = plot_feature_vis(
+        images, out / f"feature_vis_{comp.layer}.png", row_labels=["before", "after"],
+        col_labels=[f"{comp.layer}:{c}\noverlap {comp.overlap[k][c]:.2f}" for c in channels])
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "feature_vis.npz", images=np.asarray(images), trace=np.asarray(trace),
+             channels=np.array(channels))
+    return {"png": str(path), "layer": comp.layer, "channels": ",".join(map(str, channels))}
+
+
+def preprocess_for(normalize: str):
+    """Maps a [0, 1] image to the model's input range, as ``data.normalize`` does to uint8."""
+    import jax.numpy as jnp
+
+    from transfusion_jax.data import NORMALIZATIONS
+
+    offset, scale = NORMALIZATIONS[normalize]
+    offset, scale = jnp.asarray(offset, jnp.float32), jnp.asarray(scale, jnp.float32)
+    return lambda x: (x * 255.0 - offset) / scale

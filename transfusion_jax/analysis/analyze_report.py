@@ -1,0 +1,164 @@
+"""The analyze job's page: findings stated in words, then the tables and figures behind them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from transfusion_jax.analysis.cross_run import CrossRunSimilarity  # noqa: E402
+from transfusion_jax.analysis.html_report import (  # noqa: E402
+    Figure,
+    Section,
+    Table,
+    write_report,
+)
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def plot_feature_change(features: CrossRunSimilarity, path: Path) -> Path:
+    """Left: per layer, CKA of ``before`` with ``after`` and with each other checkpoint.
+    Right: per layer, CKA with ``before`` along the after run's saved steps."""
+    cka = features.matrices["linear_cka"]  # (L, C, C); 0 = before, 1 = after
+    layers, labels = features.layers, features.labels
+    along = [i for i, lab in enumerate(labels) if lab.startswith("step ")]
+    fig, axes = plt.subplots(1, 2 if along else 1, figsize=(11 if along else 6, 4),
+                             squeeze=False)
+    ax = axes[0][0]
+    x = np.arange(len(layers))
+    for i, label in enumerate(labels[1:], start=1):
+        if i in along:
+            continue
+        ax.plot(x, cka[:, 0, i], marker="o", label=f"{labels[0]} vs {label}")
+    ax.set_xticks(x, layers, rotation=30, ha="right")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("linear CKA")
+    ax.set_title("Similarity to before, per layer", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if along:
+        order = sorted([*along, 1], key=lambda i: features.steps[i])
+        steps = [features.steps[i] for i in order]
+        ax = axes[0][1]
+        colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
+        for li, layer in enumerate(layers):
+            ax.plot(steps, cka[li, 0, order], marker=".", color=colors[li], label=layer)
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 1.02)
+        ax.set_title("Similarity to before along training", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _weight_findings(weights: Any) -> tuple[str, Table]:
+    layers = [lay for lay in weights.layers if np.isfinite(lay.relative_change)]
+    ranked = sorted(layers, key=lambda lay: -lay.relative_change)
+    top = ", ".join(f"{lay.path} ({lay.relative_change:.3f})" for lay in ranked[:3])
+    low = ", ".join(f"{lay.path} ({lay.relative_change:.3f})" for lay in ranked[-3:][::-1])
+    text = (f"Relative weight change ||after - before|| / ||before|| is largest in {top} and "
+            f"smallest in {low}.")
+    if weights.skipped:
+        text += (f" Not compared (absent or reshaped, e.g. a new head): "
+                 f"{', '.join(p for p, _ in weights.skipped)}.")
+    rows = [[lay.path, "x".join(map(str, lay.shape)), f"{lay.relative_change:.4f}",
+             _fmt(lay.correlation, 3),
+             _fmt(float(np.mean(lay.filter_correlation)) if len(lay.filter_correlation)
+                  else float("nan"), 3)] for lay in weights.layers]
+    return text, Table("Per layer (forward order)", ["parameter", "shape", "relative change",
+                                                     "correlation", "mean filter corr."], rows)
+
+
+def _feature_findings(features: CrossRunSimilarity) -> tuple[str, Table]:
+    names = list(features.matrices)
+    rows = []
+    for li, layer in enumerate(features.layers):
+        rows.append([layer, *[_fmt(features.matrices[n][li, 0, 1], 3) for n in names]])
+    cka = features.matrices["linear_cka"][:, 0, 1]
+    order = np.argsort(cka)
+    text = (f"Between before and after, linear CKA is lowest in {features.layers[order[0]]} "
+            f"({cka[order[0]]:.2f}) and highest in {features.layers[order[-1]]} "
+            f"({cka[order[-1]]:.2f}), over {features.num_examples} test images "
+            "(features mean-pooled).")
+    return text, Table("Before vs after, per layer", ["layer", *names], rows)
+
+
+def _max_act_findings(comparisons: Sequence[Any]) -> tuple[str, Table]:
+    rows, words = [], []
+    for comp in comparisons:
+        for r in comp.summary():
+            rows.append([r["layer"], r["k"], _fmt(r["mean_overlap"]),
+                         _fmt(r["mean_purity_before"]), _fmt(r["mean_purity_after"]),
+                         str(r["dead_before"]), str(r["dead_after"])])
+        first = comp.summary()[0]
+        words.append(f"{first['layer']} {_fmt(first['mean_overlap'])} "
+                     f"(purity {_fmt(first['mean_purity_before'])} -> "
+                     f"{_fmt(first['mean_purity_after'])})")
+    k = comparisons[0].ks[0] if comparisons else "?"
+    text = (f"Mean top-{k} overlap of each channel's maximally activating images before and "
+            f"after, by layer: {'; '.join(words)}. Purity is 1 - normalised entropy of the "
+            "top images' classes (1 = one class).")
+    return text, Table("Per layer", ["layer", "k", "mean overlap", "purity before",
+                                     "purity after", "dead before", "dead after"], rows)
+
+
+def write_analysis_report(out: Path, *, before, after, baselines, model_name: str, weights,
+                          features: CrossRunSimilarity, comparisons, files: dict,
+                          timings: dict[str, float]) -> tuple[Path, Path]:
+    """``report.html`` / ``report.md`` of an analysis (see `analyze.run_analysis`)."""
+    w_text, w_table = _weight_findings(weights)
+    f_text, f_table = _feature_findings(features)
+    m_text, m_table = _max_act_findings(comparisons)
+    refs = [f"before: {before[1]} at step {before[2]}", f"after: {after[1]} at step {after[2]}"]
+    refs += [f"baseline {b[0]}: {b[1]}" for b in baselines]
+    weights_files = files["weights"]
+    sections = [
+        Section("What changed", [w_text, f_text, m_text], highlight=True),
+        Section("Checkpoints compared", refs),
+        Section("Parameter space", [
+            "Per layer, the Frobenius norm of the change relative to the norm before; per "
+            "filter, the Pearson correlation of its weights before and after."],
+            tables=[w_table], figures=[
+                Figure(weights_files["layers_png"], "Relative weight change per layer"),
+                Figure(weights_files["correlation_png"], "Per-filter correlation, per layer"),
+                Figure(weights_files.get("trajectory_png", ""),
+                       "Relative change of each layer along the saved steps")]),
+        Section("Feature space", [
+            "Linear CKA and SVCCA between the checkpoints' representations of the test "
+            "images; the heatmaps include every saved step of the run and the baselines."],
+            tables=[f_table], figures=[
+                Figure(files["features"]["along_png"], "CKA with the before checkpoint"),
+                Figure(files["features"]["png"], "CKA between all compared checkpoints")]),
+        Section("Maximal activation images", [m_text], tables=[m_table], figures=[
+            Figure(files["max_activation"].get("scatter", ""),
+                   "Per channel: overlap of top images vs class purity"),
+            Figure(files["max_activation"].get("layers_plot", ""), "Per-layer summary"),
+            *[Figure(p, f"Top images before (upper row) and after (lower row): {name}")
+              for name, p in sorted(files["max_activation"].items())
+              if name.startswith("images_")]]),
+        Section("First-layer filters", [], figures=[
+            Figure(files["filters"]["png"], "conv1 filters, before and after")]),
+    ]
+    if files.get("feature_vis"):
+        fv = files["feature_vis"]
+        sections.append(Section("Feature visualisation", [
+            f"Activation maximisation (Fourier-parameterised, colour-decorrelated image with "
+            f"random jitter, scale and rotation; Adam) of the channels {fv['channels']} of "
+            f"{fv['layer']} whose top images changed most."], figures=[
+                Figure(fv["png"], "Channel visualisations before (top) and after (bottom)")]))
+    sections.append(Section("Timings", [], tables=[Table(
+        "", ["analysis", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])]))
+    return write_report(out, f"What fine-tuning changed: {model_name}", sections)

@@ -1,0 +1,158 @@
+"""The sweep report: aggregate statistics, similarity, filters, one HTML + Markdown page.
+
+`report_sweep` runs after every run of a sweep has finished (or failed); ``job = aggregate``
+calls it on an existing sweep workdir (e.g. after a multi-host sweep).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
+from transfusion_jax.experiments.aggregate_text import summary_table
+from transfusion_jax.experiments.grid import GridRun, expand_grid
+from transfusion_jax.experiments.sweep_similarity import group_label, sweep_similarity
+
+log = logging.getLogger(__name__)
+
+
+def _status(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "sweep_run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _run_rows(runs: Sequence[GridRun], dirs: Sequence[Path]) -> list[list[str]]:
+    rows = []
+    for run, d in zip(runs, dirs, strict=True):
+        status, summary = _status(d), _summary(d)
+        conv = summary.get("convergence", {})
+        final = summary.get("final_eval", {})
+        reached = conv.get("steps_to_threshold")
+        rows.append([run.name, status.get("status", "not started"),
+                     "never" if reached is None and summary else str(reached or ""),
+                     f"{final[conv['metric']]:.4f}" if conv.get("metric") in final else "",
+                     f"{summary.get('wall_time_s', 0):.0f}" if summary else "",
+                     status.get("error", "")[:120]])
+    return rows
+
+
+def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Path | None:
+    """conv1 of each group's first-seed run, at init and trained, side by side."""
+    from transfusion_jax.analysis.filters import first_conv_kernel, plot_filter_grids
+    from transfusion_jax.analysis.trajectory import checkpoint_steps, load_trajectory
+
+    kernels = {}
+    seen = set()
+    for run, d in zip(runs, dirs, strict=True):
+        group = group_label(run)
+        if group in seen or _status(d).get("status") != "finished":
+            continue
+        seen.add(group)
+        traj = load_trajectory(d, (0, checkpoint_steps(d)[-1]))
+        blocks = traj.setup.model.block_names()
+        for c, when in enumerate(("init", "trained")):
+            params = jax.tree.map(lambda v, c=c: v[c], traj.variables["params"])
+            kernels[f"{group}\n{when}"] = first_conv_kernel(params, blocks)
+    if not kernels:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return plot_filter_grids(kernels, out_dir / "conv1_filters.png",
+                             title="First-layer filters at init and after training "
+                                   "(first seed of each init)")
+
+
+def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
+                 runs: Sequence[GridRun] | None = None) -> dict[str, str]:
+    """Aggregates a finished sweep and writes ``report.html`` / ``report.md`` into it."""
+    from transfusion_jax.experiments.aggregate import aggregate_sweep, write_aggregate
+    from transfusion_jax.experiments.sweep import run_dir
+
+    start = time.perf_counter()
+    sweep_dir = Path(sweep_dir).absolute()
+    runs = list(runs) if runs is not None else expand_grid(config, sweep_dir)
+    dirs = [run_dir(sweep_dir, r) for r in runs]
+    s = config.sweep
+    agg = aggregate_sweep(sweep_dir, baseline=s.baseline, resamples=s.bootstrap,
+                          confidence=s.confidence, seed=config.seed)
+    files = dict(write_aggregate(agg, sweep_dir / "aggregate"))
+    finished = [(r, d) for r, d in zip(runs, dirs, strict=True)
+                if _status(d).get("status") == "finished"]
+    if s.similarity and finished:
+        files.update(sweep_similarity(
+            [r for r, _ in finished], [d for _, d in finished], sweep_dir / "similarity",
+            max_examples=config.similarity.max_examples, reduction=config.similarity.reduction,
+            svcca=config.similarity.svcca))
+    filters = _filters(runs, dirs, sweep_dir / "filters")
+    if filters:
+        files["filters_png"] = str(filters)
+    sections = _sections(config, sweep_dir, runs, dirs, agg, files)
+    title = (f"Transfer sweep: {config.model.name} on {config.data.name}, "
+             f"{len(runs)} runs ({len(s.seeds)} seeds)")
+    html_path, md_path = write_report(sweep_dir, title, sections)
+    files.update(report_html=str(html_path), report_md=str(md_path))
+    log.info("sweep report in %.1f s: %s", time.perf_counter() - start, html_path)
+    return files
+
+
+def _sections(config, sweep_dir: Path, runs, dirs, agg: dict, files: dict) -> list[Section]:
+    conv = config.convergence
+    answer = agg.get("conclusion", "")
+    sections = [Section("Answer", [answer], highlight=True)]
+    md_table = Path(files.get("md", sweep_dir / "aggregate" / "aggregate.md"))
+    header, rows = summary_table(agg)
+    table = Table("", header, rows)
+    sections.append(Section(
+        "Convergence speed",
+        [f"Steps to reach eval {conv.metric} {'>=' if conv.mode == 'max' else '<='} "
+         f"{conv.threshold} (evaluated every {config.eval.every_steps} steps), over seeds "
+         f"{tuple(config.sweep.seeds)}; intervals are {config.sweep.confidence:.0%} percentile "
+         f"bootstrap intervals over seeds ({config.sweep.bootstrap} resamples). Runs that "
+         "never reached the threshold count as the run length (a lower bound, marked >=). "
+         f"Full table: {md_table.name}."],
+        tables=[table],
+        figures=[Figure(p, c) for p, c in _aggregate_figures(sweep_dir / "aggregate")]))
+    if "to_init_png" in files:
+        sections.append(Section(
+            "Representations",
+            ["Linear CKA (and SVCCA) on the target test set, features mean-pooled, between "
+             "each trained model and its own initialisation, and between trained models "
+             "(same seed across inits; the diagonal compares two seeds of one init, the "
+             "random-vs-random baseline of Transfusion)."],
+            figures=[Figure(files["to_init_png"], "Per layer: similarity of each trained "
+                            "model to its own initialisation (1 = unchanged)"),
+                     Figure(files["between_png"], "Per layer: CKA between trained models")]))
+    if "filters_png" in files:
+        sections.append(Section("First-layer filters", [], figures=[
+            Figure(files["filters_png"], "conv1 filters per init, before and after training "
+                                         "(each filter min-max normalised)")]))
+    sections.append(Section("Runs", [f"Sweep folder: {sweep_dir}"], tables=[Table(
+        "", ["run", "status", "steps to threshold", f"final {conv.metric}", "wall s", "error"],
+        _run_rows(runs, dirs))]))
+    return sections
+
+
+def _aggregate_figures(agg_dir: Path) -> list[tuple[Path, str]]:
+    captions = {
+        "curves": "Eval metric over training, mean over seeds with a band",
+        "steps_to_threshold": "Steps to threshold per init, with intervals",
+        "speedup": "Speed-up over the baseline init, with intervals (1 = as fast)",
+        "transfusion_depth": "Speed-up against transfusion depth k",
+    }
+    out = []
+    for png in sorted(agg_dir.glob("*.png")):
+        caption = next((c for k, c in captions.items() if k in png.stem), png.stem)
+        out.append((png, caption))
+    return out

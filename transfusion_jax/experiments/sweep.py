@@ -1,0 +1,148 @@
+"""The sweep job: train every run of a grid, one after another, then aggregate and report.
+
+``python -m transfusion_jax.main --config=configs/recipe_transfusion.py --workdir=SWEEP``
+
+Layout of the sweep's workdir::
+
+    SWEEP/stages/NAME/        a stage's training run (e.g. the source model)
+    SWEEP/runs/RUN_NAME/      each run's training workdir, plus sweep_run.json
+    SWEEP/aggregate/          statistics over seeds (tables, curves), see `aggregate`
+    SWEEP/similarity/         per-layer CKA of each trained model to its init and the others
+    SWEEP/filters/            first-layer filters per init
+    SWEEP/report.html, report.md
+
+Re-running the command skips finished runs (their ``sweep_run.json`` says so and their
+config is unchanged) and resumes runs that were cut off from their last checkpoint. A run
+whose loss becomes NaN is recorded as failed and the sweep goes on. With
+``sweep.num_shards = N`` host ``i`` (``sweep.shard_index``) trains ``runs[i::N]``; stages are
+trained by shard 0 and awaited by the others; the last shard to finish writes the report
+(or run ``job = aggregate`` on the sweep's workdir afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from transfusion_jax import parallel
+from transfusion_jax.config import ConfigError, check_positive, to_dict
+from transfusion_jax.experiments.grid import RUNS_DIR, GridRun, expand_grid, stage_configs
+from transfusion_jax.train.loop import NonFiniteLossError, train_and_evaluate
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "sweep_run.json"
+STAGE_WAIT_S = 24 * 3600
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run's ``sweep_run.json`` (``{}`` when it was never started)."""
+    path = run_dir / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_status(run_dir: Path, **status: Any) -> None:
+    if not parallel.is_writer():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(status, indent=2) + "\n")
+    tmp.replace(run_dir / STATUS_FILE)  # atomic: never a half-written status
+
+
+def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(json.dumps(to_dict(config)))
+
+
+def _train_once(name: str, axes: dict[str, str], seed: int,
+                config: ml_collections.ConfigDict, run_dir: Path) -> str:
+    """Trains (or resumes, or skips) one run; returns its final status."""
+    status = read_status(run_dir)
+    plain = _plain(config)
+    if status.get("status") == "finished":
+        if status.get("config") != plain:
+            raise ConfigError(f"{run_dir} finished with a different config; delete it or use a "
+                              "new sweep workdir")
+        log.info("sweep: %s already finished, skipped", name)
+        return "finished"
+    common = {"name": name, "axes": axes, "seed": seed, "config": plain}
+    _write_status(run_dir, status="running", **common)
+    start = time.perf_counter()
+    try:
+        train_and_evaluate(config, run_dir)
+    except NonFiniteLossError as e:
+        log.warning("sweep: %s failed: %s", name, e)
+        _write_status(run_dir, status="failed", error=str(e), **common)
+        return "failed"
+    _write_status(run_dir, status="finished", seconds=time.perf_counter() - start, **common)
+    return "finished"
+
+
+def _stages(config: ml_collections.ConfigDict, sweep_dir: Path) -> None:
+    """Trains the stages (shard 0) or waits until they are finished (other shards)."""
+    for name, stage, stage_dir in stage_configs(config, sweep_dir):
+        if config.sweep.shard_index == 0:
+            log.info("sweep: stage %s -> %s", name, stage_dir)
+            if _train_once(f"stage {name}", {"stage": name}, stage.seed, stage,
+                           stage_dir) != "finished":
+                raise ConfigError(f"sweep stage {name!r} failed (see {stage_dir}); the runs "
+                                  "that start from it cannot go on")
+            continue
+        waited = 0.0
+        while read_status(stage_dir).get("status") != "finished":
+            if read_status(stage_dir).get("status") == "failed" or waited > STAGE_WAIT_S:
+                raise ConfigError(f"sweep stage {name!r} in {stage_dir} did not finish")
+            time.sleep(10)
+            waited += 10
+
+
+def _check_shards(config: ml_collections.ConfigDict) -> None:
+    s = config.sweep
+    check_positive("sweep.num_shards", s.num_shards)
+    if not 0 <= s.shard_index < s.num_shards:
+        raise ConfigError(f"sweep.shard_index={s.shard_index} must be in [0, "
+                          f"{s.num_shards})")
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains this shard's runs of the sweep in ``workdir``; reports when all are done.
+
+    Returns:
+      ``{"runs": {name: status}, "report": files or None}``.
+    """
+    sweep_dir = Path(workdir).absolute()
+    _check_shards(config)
+    runs = expand_grid(config, sweep_dir)
+    mine = runs[config.sweep.shard_index::config.sweep.num_shards]
+    log.info("sweep: %d runs (%d on this shard) in %s", len(runs), len(mine), sweep_dir)
+    _stages(config, sweep_dir)
+    statuses: dict[str, str] = {}
+    start = time.perf_counter()
+    for i, run in enumerate(mine):
+        eta = ""
+        if i:
+            per_run = (time.perf_counter() - start) / i
+            eta = f", about {per_run * (len(mine) - i) / 60:.1f} min left"
+        log.info("sweep: run %d/%d %s%s", i + 1, len(mine), run.name, eta)
+        statuses[run.name] = _train_once(run.name, run.axes, run.seed, run.config,
+                                         run_dir(sweep_dir, run))
+    pending = [r.name for r in runs
+               if read_status(run_dir(sweep_dir, r)).get("status") not in ("finished",
+                                                                           "failed")]
+    if pending:
+        log.info("sweep: this shard is done; %d runs of other shards are not: %s",
+                 len(pending), ", ".join(pending[:5]))
+        return {"runs": statuses, "report": None}
+    from transfusion_jax.experiments.report import report_sweep
+
+    return {"runs": statuses, "report": report_sweep(config, sweep_dir, runs)}
+
+
+def run_dir(sweep_dir: Path, run: GridRun) -> Path:
+    """The workdir of one run of the sweep."""
+    return sweep_dir / RUNS_DIR / run.name

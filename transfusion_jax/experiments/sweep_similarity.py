@@ -1,0 +1,138 @@
+"""Per-layer similarity of a sweep's trained models: to their own init and to each other.
+
+Every finished run contributes two checkpoints, its initialisation (step 0) and its final
+state; all of them (per architecture) are compared in one stacked, streamed pass
+(`transfusion_jax.analysis.cross_run`). From the ``(L, C, C)`` matrices come:
+
+- **to init**: per run and layer, CKA / SVCCA of the trained model with its own
+  initialisation (how far each layer moved; Transfusion's learning-dynamics figure);
+- **between groups**: per layer, the mean CKA of trained models of group ``a`` and group
+  ``b`` over runs of the *same* seed (``a != b``), and over pairs of *different* seeds
+  within a group (the diagonal: Transfusion's "random vs random" baseline; NaN with one seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from transfusion_jax.analysis.cross_run import compare_checkpoints, plot_cross_run  # noqa: E402
+from transfusion_jax.experiments.grid import GridRun  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def group_label(run: GridRun) -> str:
+    """The run's variant without its seed: ``"mean_var"`` (one axis) or ``"init=a,k=b"``."""
+    if len(run.axes) == 1:
+        return next(iter(run.axes.values()))
+    return ",".join(f"{a}={v}" for a, v in run.axes.items())
+
+
+def _between(cka: np.ndarray, finals: list[int], groups: list[str], seeds: list[int],
+             names: list[str]) -> np.ndarray:
+    """``(L, G, G)`` mean CKA between groups' trained models (see the module docstring)."""
+    g_index = {g: i for i, g in enumerate(names)}
+    num_l, num_g = cka.shape[0], len(names)
+    total = np.zeros((num_l, num_g, num_g))
+    count = np.zeros((num_g, num_g))
+    for x, (cx, gx, sx) in enumerate(zip(finals, groups, seeds, strict=True)):
+        for cy, gy, sy in list(zip(finals, groups, seeds, strict=True))[x + 1:]:
+            if (gx == gy) == (sx == sy):  # same group: other seeds; other group: same seed
+                continue
+            a, b = g_index[gx], g_index[gy]
+            total[:, a, b] += cka[:, cx, cy]
+            count[a, b] += 1
+            if a != b:
+                total[:, b, a] += cka[:, cx, cy]
+                count[b, a] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def sweep_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir: Path, *,
+                     max_examples: int = 1000, reduction: str = "mean_pool",
+                     svcca: bool = True) -> dict[str, str]:
+    """Writes ``to_init.csv``, ``between.csv``, ``to_init.png``, ``between.png``.
+
+    Args:
+      runs, run_dirs: the finished runs (one architecture) and their workdirs.
+      out_dir: where the files go.
+      max_examples, reduction, svcca: as in `compare_checkpoints`.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    refs = []
+    for run, d in zip(runs, run_dirs, strict=True):
+        refs += [(f"{run.name}@init", d, 0), (run.name, d, None)]
+    result = compare_checkpoints(refs, max_examples=max_examples, reduction=reduction,
+                                 svcca=svcca)
+    layers = result.layers
+    groups = [group_label(r) for r in runs]
+    names = list(dict.fromkeys(groups))
+    seeds = [r.seed for r in runs]
+    finals = [2 * i + 1 for i in range(len(runs))]
+    rows = []
+    for i, run in enumerate(runs):
+        for li, layer in enumerate(layers):
+            values = {k: float(m[li, 2 * i, 2 * i + 1]) for k, m in result.matrices.items()}
+            rows.append({"group": groups[i], "seed": run.seed, "layer": layer, **values})
+    _write_csv(out_dir / "to_init.csv", rows)
+    between = _between(result.matrices["linear_cka"], finals, groups, seeds, names)
+    _write_csv(out_dir / "between.csv", [
+        {"layer": layer, "group_a": a, "group_b": b, "linear_cka": float(between[li, i, j])}
+        for li, layer in enumerate(layers) for i, a in enumerate(names)
+        for j, b in enumerate(names) if j >= i])
+    (out_dir / "similarity.json").write_text(json.dumps(
+        {"layers": layers, "groups": names, "num_examples": result.num_examples,
+         "reduction": reduction, "between_linear_cka": between.tolist()}, indent=1) + "\n")
+    files = {"to_init_csv": str(out_dir / "to_init.csv"),
+             "between_csv": str(out_dir / "between.csv")}
+    files["to_init_png"] = str(_plot_to_init(rows, names, layers, out_dir / "to_init.png"))
+    files["between_png"] = str(plot_cross_run(
+        between, names, layers, out_dir / "between.png",
+        title="Linear CKA between trained models (diagonal: same init, other seeds)"))
+    log.info("sweep similarity: %d checkpoints x %d layers over %d examples", len(refs),
+             len(layers), result.num_examples)
+    return files
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def _plot_to_init(rows: list[dict], names: list[str], layers: list[str], path: Path) -> Path:
+    metrics = [m for m in ("linear_cka", "svcca") if m in rows[0]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    x = np.arange(len(layers))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for gi, name in enumerate(names):
+            values = np.array([[r[metric] for r in rows if r["group"] == name
+                                and r["layer"] == layer] for layer in layers])  # (L, seeds)
+            mean = values.mean(1)
+            err = np.stack([mean - values.min(1), values.max(1) - mean])
+            ax.errorbar(x + (gi - len(names) / 2) * 0.04, mean, yerr=err, marker="o",
+                        capsize=3, label=name)
+        ax.set_xticks(x, layers, rotation=30, ha="right")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(f"{metric.replace('_', ' ')}(trained, own init)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("How far each layer moved from its initialisation (mean, min-max over seeds)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
