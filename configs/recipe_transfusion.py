@@ -53,6 +53,7 @@ def _cbr(c):
 def source_config(dataset: str, steps: int):
     """The source model: the same architecture trained on ``dataset`` (a stage)."""
     c = _cbr(base_config())
+    c.seed = 1000  # not a target run's seed: its random init must not equal a target's
     c.data.name = dataset
     c.train.steps = steps
     c.eval.every_steps = steps // 2

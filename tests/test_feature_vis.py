@@ -51,7 +51,7 @@ def test_objective_rises_and_images_are_valid(tiny, base):
     assert base.trace.shape == (3, STEPS)
     assert base.images.min() >= 0.0 and base.images.max() <= 1.0
     start, end = base.trace[:, :3].mean(1), base.trace[:, -5:].mean(1)
-    assert np.all(end > start + 0.1) and np.all(end > 1.5 * start), (start, end)
+    assert np.all(end > 1.5 * start + 0.05), (start, end)  # about 2-4x on this net
     assert base.images.std() > 0.05  # it drew something, not the grey start
 
 

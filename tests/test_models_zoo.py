@@ -161,3 +161,15 @@ def test_bad_options_raise_clear_errors():
     model = MODELS["inception_v3"](10, aux_logits=True)
     with pytest.raises(ValueError, match="aux head"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 80, 80, 3)))
+
+
+def test_efficientnet_bn_momentum_sets_how_fast_running_statistics_move():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+    means = []
+    for momentum in (0.9, 0.5):
+        model = MODELS["efficientnet_lite0"](10, bn_momentum=momentum)
+        variables = model.init(jax.random.PRNGKey(1), x)
+        _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        means.append(np.asarray(updated["batch_stats"]["stem"]["bn"]["mean"]))
+    # From a zero running mean: new = (1 - momentum) * batch mean, same batch and weights.
+    np.testing.assert_allclose(means[1], 5.0 * means[0], rtol=1e-4, atol=1e-7)

@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import run_cli
 from transfusion_jax.config import ConfigError, load_config
-from transfusion_jax.experiments.grid import expand_grid
-from transfusion_jax.experiments.sweep import read_status, run_dir, run_sweep
+from transfusion_jax.experiments.grid import expand_grid, read_status, run_dir
+from transfusion_jax.experiments.sweep import run_sweep
 from transfusion_jax.train.writer import read_metrics
 
 SMOKE = "configs/recipe_transfusion.py:smoke"
@@ -129,4 +129,25 @@ def test_sweep_cli_smoke_exits_zero(data_dir, tmp_path):
     proc = run_cli(tmp_path, data_dir, "--config.sweep.seeds=(0,)",
                    "--config.sweep.similarity=False", config=SMOKE)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "report.html").exists()
+
+
+def test_two_shards_split_the_runs_and_one_report_is_written(data_dir, tmp_path):
+    """launch/sweep.sh with two local shards: shard 1 waits for the stage shard 0 trains,
+    each trains its own runs, and the last one to finish writes the report."""
+    import subprocess
+
+    from tests.conftest import ROOT, cli_env
+
+    proc = subprocess.run(
+        ["bash", "launch/sweep.sh", SMOKE, str(tmp_path), f"--config.data.data_dir={data_dir}",
+         "--config.log.tensorboard=False", "--config.sweep.seeds=(0,)",
+         "--config.sweep.similarity=False"],
+        cwd=ROOT, env=cli_env(1, GPUS="2"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = {p.parent.name: json.loads(p.read_text())["status"]
+                for p in (tmp_path / "runs").glob("*/sweep_run.json")}
+    assert statuses == {"init=mean_var,seed=0": "finished", "init=pretrained,seed=0": "finished",
+                        "init=random,seed=0": "finished"}
+    assert "shard is done" in proc.stderr  # the first shard to finish left the report
     assert (tmp_path / "report.html").exists()

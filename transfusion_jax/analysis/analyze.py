@@ -176,7 +176,7 @@ def _filters(traj, blocks, baselines, out: Path) -> dict[str, str]:
         other = load_trajectory(run_dir, steps).variables["params"]
         kernels[label] = first_conv_kernel(_index(other, 0), blocks)
     path = plot_filter_grids(kernels, out / "conv1_filters.png",
-                             title="First-layer filters (each min-max normalised)")
+                             title="First-layer filters")
     return {"png": str(path)}
 
 
@@ -195,7 +195,7 @@ def _feature_vis(config, traj, comparisons, out: Path) -> dict[str, str]:
     images, trace = visualize_channels(
         traj.setup.model, traj.variables, comp.layer, channels, size=a.feature_vis_size,
         steps=a.feature_vis_steps, channels_in=data.channels,
-        preprocess=preprocess_for(data.normalize), stacked=True)
+        preprocess=data.normalize, stacked=True)
     path = plot_feature_vis(
         images, out / f"feature_vis_{comp.layer}.png", row_labels=["before", "after"],
         col_labels=[f"{comp.layer}:{c}\noverlap {comp.overlap[k][c]:.2f}" for c in channels])
@@ -203,14 +203,3 @@ def _feature_vis(config, traj, comparisons, out: Path) -> dict[str, str]:
     np.savez(out / "feature_vis.npz", images=np.asarray(images), trace=np.asarray(trace),
              channels=np.array(channels))
     return {"png": str(path), "layer": comp.layer, "channels": ",".join(map(str, channels))}
-
-
-def preprocess_for(normalize: str):
-    """Maps a [0, 1] image to the model's input range, as ``data.normalize`` does to uint8."""
-    import jax.numpy as jnp
-
-    from transfusion_jax.data import NORMALIZATIONS
-
-    offset, scale = NORMALIZATIONS[normalize]
-    offset, scale = jnp.asarray(offset, jnp.float32), jnp.asarray(scale, jnp.float32)
-    return lambda x: (x * 255.0 - offset) / scale

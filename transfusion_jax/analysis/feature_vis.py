@@ -35,8 +35,9 @@ checkpoints (same seeds for every checkpoint: "before vs after" start from the s
 
 Sizes for real runs: ImageNet models at their native size (224 px for EfficientNet-Lite0,
 ResNet, GoogLeNet) with ``steps=2048``, ``lr=0.05`` and the default transforms (Gonthier et
-al.); 512 steps already show the pattern. Small models (MNIST-size CBR): 28-64 px, 256-512 steps,
-``Transforms(jitter=1, jitter2=1)``. CPU tests use 32 px and a few dozen steps.
+al.); 256 steps at 128 px already give clear textures for EfficientNet-Lite0 ``block4`` (about
+0.05 s per channel and step on two CPU cores). Small models (MNIST-size CBR): 28-64 px,
+256-512 steps, ``Transforms(jitter=1, jitter2=1)``. CPU tests use 32 px and a few dozen steps.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ COLOR_MATRIX = COLOR_CORRELATION_SVD_SQRT / np.linalg.norm(COLOR_CORRELATION_SVD
 
 @dataclasses.dataclass(frozen=True)
 class Transforms:
-    """Random transforms drawn every step (Lucid's ``standard_transforms`` by default).
+    """Random transforms drawn every step. The defaults are Lucid's ``standard_transforms``
+    (its ``jitter(8)`` / ``jitter(4)`` random crops shift by 0-8 / 0-4 px, the same 9 / 5
+    shifts as +-4 / +-2 here).
 
     Attributes:
       jitter: first translation, a uniform integer in ``[-jitter, jitter]`` pixels per axis.
@@ -250,7 +253,8 @@ def visualize_channels(model: nn.Module, variables: Any, layer: str, channels: S
     """
     if channels_in not in (1, 3):
         raise ValueError(f"channels_in must be 1 (grey) or 3 (RGB), got {channels_in}")
-    first = jax.tree.map(lambda a: a[0], variables) if stacked else variables
+    first = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                         variables) if stacked else variables
     _, shapes = jax.eval_shape(
         lambda v: model.apply(v, jnp.zeros((1, size, size, channels_in)), train=False), first)
     if layer not in shapes:
@@ -298,12 +302,9 @@ def plot_feature_vis(images: np.ndarray, path: str | Path, row_labels: Sequence[
         for c in range(cols):
             ax = axes[r][c]
             image = np.clip(images[r, c], 0.0, 1.0)
-            if image.shape[-1] == 1:
-                ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(image)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0,
+                      vmax=1)  # the colour map only applies to grey images
+            ax.set(xticks=[], yticks=[])
             if r == 0 and c < len(col_labels):
                 ax.set_title(col_labels[c], fontsize=8)
             if c == 0 and r < len(row_labels):
@@ -312,6 +313,7 @@ def plot_feature_vis(images: np.ndarray, path: str | Path, row_labels: Sequence[
         fig.suptitle(title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)

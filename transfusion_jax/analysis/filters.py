@@ -139,6 +139,7 @@ def plot_filter_grids(kernels: Mapping[str, Any], path: str | Path, *,
                      fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{title} ({normalise} per filter)", fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)

@@ -92,7 +92,7 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], *
             body.append(_html_table(t))
             md += [_md_table(t), ""]
         for f in s.figures:
-            if not Path(f.path).exists():
+            if not f.path or not Path(f.path).is_file():
                 continue
             rel = _rel(f.path, out)
             body.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(f.caption)}">'

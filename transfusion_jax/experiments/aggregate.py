@@ -30,13 +30,12 @@ import numpy as np
 
 from transfusion_jax.experiments import aggregate_plots
 from transfusion_jax.experiments.aggregate_text import conclusion, csv_rows, markdown
+from transfusion_jax.experiments.grid import RUNS_DIR, read_status
 from transfusion_jax.experiments.stats import bootstrap_ci, jsonable, paired_speedup, steps_summary
 from transfusion_jax.train.writer import read_metrics
 
 log = logging.getLogger(__name__)
 
-RUNS_DIR = "runs"
-STATUS_FILE = "sweep_run.json"
 NOT_METRICS = ("num_examples",)  # scalar final_eval entries that are counts, not metrics
 
 
@@ -62,7 +61,7 @@ def _read_runs(sweep_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """``(finished, failed, not_finished)`` run records of ``sweep_dir/runs/*``."""
     finished, failed, other = [], [], []
     for run_dir in sorted((sweep_dir / RUNS_DIR).glob("*/")):
-        status = _read_json(run_dir / STATUS_FILE)
+        status = read_status(run_dir)
         name = status.get("name", run_dir.name)
         state = status.get("status", "not started")
         summary = _read_json(run_dir / "summary.json")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from transfusion_jax.config import ConfigError, load_config
 
 STAGES_DIR = "stages"
 RUNS_DIR = "runs"
+STATUS_FILE = "sweep_run.json"  # in each run's folder: name, axes, seed, status, config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,3 +166,14 @@ def expand_grid(config: ml_collections.ConfigDict, sweep_dir: Path) -> list[Grid
             name = ",".join([*(f"{a}={lab}" for a, lab in chosen.items()), f"seed={seed}"])
             runs.append(GridRun(name, chosen, seed, run))
     return runs
+
+
+def run_dir(sweep_dir: Path, run: GridRun) -> Path:
+    """The workdir of one run of the sweep."""
+    return Path(sweep_dir) / RUNS_DIR / run.name
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """A run's ``sweep_run.json`` (``{}`` when it was never started)."""
+    status = Path(path) / STATUS_FILE
+    return json.loads(status.read_text()) if status.exists() else {}

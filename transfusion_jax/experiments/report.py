@@ -18,15 +18,10 @@ import ml_collections
 
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
 from transfusion_jax.experiments.aggregate_text import summary_table
-from transfusion_jax.experiments.grid import GridRun, expand_grid
+from transfusion_jax.experiments.grid import GridRun, expand_grid, read_status, run_dir
 from transfusion_jax.experiments.sweep_similarity import group_label, sweep_similarity
 
 log = logging.getLogger(__name__)
-
-
-def _status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "sweep_run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
@@ -37,7 +32,7 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 def _run_rows(runs: Sequence[GridRun], dirs: Sequence[Path]) -> list[list[str]]:
     rows = []
     for run, d in zip(runs, dirs, strict=True):
-        status, summary = _status(d), _summary(d)
+        status, summary = read_status(d), _summary(d)
         conv = summary.get("convergence", {})
         final = summary.get("final_eval", {})
         reached = conv.get("steps_to_threshold")
@@ -58,7 +53,7 @@ def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Pa
     seen = set()
     for run, d in zip(runs, dirs, strict=True):
         group = group_label(run)
-        if group in seen or _status(d).get("status") != "finished":
+        if group in seen or read_status(d).get("status") != "finished":
             continue
         seen.add(group)
         traj = load_trajectory(d, (0, checkpoint_steps(d)[-1]))
@@ -78,8 +73,6 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
                  runs: Sequence[GridRun] | None = None) -> dict[str, str]:
     """Aggregates a finished sweep and writes ``report.html`` / ``report.md`` into it."""
     from transfusion_jax.experiments.aggregate import aggregate_sweep, write_aggregate
-    from transfusion_jax.experiments.sweep import run_dir
-
     start = time.perf_counter()
     sweep_dir = Path(sweep_dir).absolute()
     runs = list(runs) if runs is not None else expand_grid(config, sweep_dir)
@@ -89,7 +82,7 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
                           confidence=s.confidence, seed=config.seed)
     files = dict(write_aggregate(agg, sweep_dir / "aggregate"))
     finished = [(r, d) for r, d in zip(runs, dirs, strict=True)
-                if _status(d).get("status") == "finished"]
+                if read_status(d).get("status") == "finished"]
     if s.similarity and finished:
         files.update(sweep_similarity(
             [r for r, _ in finished], [d for _, d in finished], sweep_dir / "similarity",

@@ -31,19 +31,18 @@ import ml_collections
 
 from transfusion_jax import parallel
 from transfusion_jax.config import ConfigError, check_positive, to_dict
-from transfusion_jax.experiments.grid import RUNS_DIR, GridRun, expand_grid, stage_configs
+from transfusion_jax.experiments.grid import (
+    STATUS_FILE,
+    expand_grid,
+    read_status,
+    run_dir,
+    stage_configs,
+)
 from transfusion_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "sweep_run.json"
 STAGE_WAIT_S = 24 * 3600
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """A run's ``sweep_run.json`` (``{}`` when it was never started)."""
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _write_status(run_dir: Path, **status: Any) -> None:
@@ -141,8 +140,3 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
     from transfusion_jax.experiments.report import report_sweep
 
     return {"runs": statuses, "report": report_sweep(config, sweep_dir, runs)}
-
-
-def run_dir(sweep_dir: Path, run: GridRun) -> Path:
-    """The workdir of one run of the sweep."""
-    return sweep_dir / RUNS_DIR / run.name

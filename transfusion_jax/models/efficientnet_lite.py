@@ -68,8 +68,8 @@ def stage_layout(width: float, depth: float) -> list[tuple[int, int, int, int, i
     return layout
 
 
-def _bn(name: str, train: bool, dtype: Any) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+def _bn(name: str, train: bool, dtype: Any, momentum: float = 0.99) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-3,
                         dtype=dtype, name=name)
 
 
@@ -92,6 +92,7 @@ class MBConv(nn.Module):
     expand_ratio: int
     drop_connect_rate: float = 0.0
     dtype: Any = jnp.float32
+    bn_momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -102,14 +103,14 @@ class MBConv(nn.Module):
         if self.expand_ratio != 1:
             y = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                         name="expand_conv")(y)
-            y = nn.relu6(_bn("bn0", train, self.dtype)(y))
+            y = nn.relu6(_bn("bn0", train, self.dtype, self.bn_momentum)(y))
         y = nn.Conv(hidden, (self.kernel, self.kernel), (self.strides, self.strides),
                     padding="SAME", feature_group_count=hidden, use_bias=False, dtype=self.dtype,
                     kernel_init=conv_init, name="depthwise_conv")(y)
-        y = nn.relu6(_bn("bn1", train, self.dtype)(y))
+        y = nn.relu6(_bn("bn1", train, self.dtype, self.bn_momentum)(y))
         y = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
                     kernel_init=conv_init, name="project_conv")(y)
-        y = _bn("bn2", train, self.dtype)(y)
+        y = _bn("bn2", train, self.dtype, self.bn_momentum)(y)
         if self.strides == 1 and c_in == self.features:
             if self.drop_connect_rate > 0:
                 y = nn.Dropout(self.drop_connect_rate, broadcast_dims=(1, 2, 3),
@@ -129,6 +130,8 @@ class EfficientNetLite(nn.Module):
         the reference uses 0.2 for Lite0/1 and 0.3 above).
       drop_connect_rate: stochastic depth, scaled by the block index (reference: 0.2).
       dtype: computation dtype (parameters stay float32).
+      bn_momentum: BatchNorm running-average momentum (0.99, the reference's; fine-tuning a
+        short run on new data needs faster running statistics, e.g. 0.9).
     """
 
     num_classes: int
@@ -137,6 +140,7 @@ class EfficientNetLite(nn.Module):
     dropout_rate: float = 0.0
     drop_connect_rate: float = 0.0
     dtype: Any = jnp.float32
+    bn_momentum: float = 0.99
 
     def block_names(self) -> tuple[str, ...]:
         """Top-level parameter groups in forward order."""
@@ -160,16 +164,18 @@ class EfficientNetLite(nn.Module):
         n_blocks = sum(stage[0] for stage in layout)
         out = {}
         x = x.astype(self.dtype)
-        x = _ConvBNReLU6(32, 3, 2, self.dtype, name="stem")(x, train=train)
+        x = _ConvBNReLU6(32, 3, 2, self.dtype, self.bn_momentum, name="stem")(x, train=train)
         out["stem"] = x
         index = 0
         for i, (repeats, kernel, stride, expand, _, c_out) in enumerate(layout):
             name = f"block{i + 1}"
             x = _Stage(c_out, kernel, stride, expand, repeats, index, n_blocks,
-                       self.drop_connect_rate, self.dtype, name=name)(x, train=train)
+                       self.drop_connect_rate, self.dtype, self.bn_momentum,
+                       name=name)(x, train=train)
             index += repeats
             out[name] = x
-        x = _ConvBNReLU6(1280, 1, 1, self.dtype, name="conv_head")(x, train=train)
+        x = _ConvBNReLU6(1280, 1, 1, self.dtype, self.bn_momentum,
+                         name="conv_head")(x, train=train)
         out["conv_head"] = x
         logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
                              train=train, dropout_rate=self.dropout_rate)
@@ -188,13 +194,15 @@ class _Stage(nn.Module):
     n_blocks: int
     drop_connect_rate: float
     dtype: Any
+    bn_momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         for u in range(self.repeats):
             rate = self.drop_connect_rate * (self.first_index + u) / self.n_blocks
             x = MBConv(self.features, self.kernel, self.strides if u == 0 else 1,
-                       self.expand_ratio, rate, self.dtype, name=f"unit{u}")(x, train=train)
+                       self.expand_ratio, rate, self.dtype, self.bn_momentum,
+                       name=f"unit{u}")(x, train=train)
         return x
 
 
@@ -205,13 +213,14 @@ class _ConvBNReLU6(nn.Module):
     kernel: int
     strides: int
     dtype: Any
+    bn_momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
                     padding="SAME", use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                     name="conv")(x)
-        return nn.relu6(_bn("bn", train, self.dtype)(x))
+        return nn.relu6(_bn("bn", train, self.dtype, self.bn_momentum)(x))
 
 
 def make_efficientnet_lite(name: str):
@@ -219,10 +228,10 @@ def make_efficientnet_lite(name: str):
     width, depth, _, _ = LITE_SPECS[name]
 
     def build(num_classes: int, *, dropout_rate: float = 0.0, drop_connect_rate: float = 0.0,
-              dtype: Any = jnp.float32) -> EfficientNetLite:
+              dtype: Any = jnp.float32, bn_momentum: float = 0.99) -> EfficientNetLite:
         return EfficientNetLite(num_classes=num_classes, width=width, depth=depth,
                                 dropout_rate=dropout_rate, drop_connect_rate=drop_connect_rate,
-                                dtype=dtype)
+                                dtype=dtype, bn_momentum=bn_momentum)
 
     build.__name__ = f"make_{name}"
     return build
