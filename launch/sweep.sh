@@ -11,14 +11,15 @@
 # sweep's stages first; the others wait for them. The last shard to finish writes the
 # report; `--config.job=aggregate` on the same SWEEP_DIR rewrites it at any time.
 # On one machine with several GPUs, GPUS=4 runs four local shards, one GPU each.
+# PYTHON picks the interpreter (default: python).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-  sed -n '2,13p' "$0"; exit 2
+  sed -n '2,14p' "$0"; exit 2
 fi
 config=$1; workdir=$2; shift 2
 run() {  # run SHARD NUM_SHARDS PREFIX...
   local shard=$1 num=$2; shift 2
-  "$@" python -m transfusion_jax.main --config="$config" --workdir="$workdir" \
+  "$@" "${PYTHON:-python}" -m transfusion_jax.main --config="$config" --workdir="$workdir" \
     --config.sweep.shard_index="$shard" --config.sweep.num_shards="$num" "${extra[@]}"
 }
 extra=("$@")
@@ -27,7 +28,7 @@ if [[ -n "${HOSTS:-}" ]]; then
   read -r -a hosts <<< "$HOSTS"
   remote=${REMOTE_DIR:-$(pwd)}
   for i in "${!hosts[@]}"; do
-    ssh "${hosts[$i]}" "cd '$remote' && python -m transfusion_jax.main --config='$config' \
+    ssh "${hosts[$i]}" "cd '$remote' && ${PYTHON:-python} -m transfusion_jax.main --config='$config' \
       --workdir='$workdir' --config.sweep.shard_index=$i \
       --config.sweep.num_shards=${#hosts[@]} ${extra[*]}" &
     pids+=($!)

@@ -136,6 +136,7 @@ def test_two_shards_split_the_runs_and_one_report_is_written(data_dir, tmp_path)
     """launch/sweep.sh with two local shards: shard 1 waits for the stage shard 0 trains,
     each trains its own runs, and the last one to finish writes the report."""
     import subprocess
+    import sys
 
     from tests.conftest import ROOT, cli_env
 
@@ -143,7 +144,8 @@ def test_two_shards_split_the_runs_and_one_report_is_written(data_dir, tmp_path)
         ["bash", "launch/sweep.sh", SMOKE, str(tmp_path), f"--config.data.data_dir={data_dir}",
          "--config.log.tensorboard=False", "--config.sweep.seeds=(0,)",
          "--config.sweep.similarity=False"],
-        cwd=ROOT, env=cli_env(1, GPUS="2"), capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=cli_env(1, GPUS="2", PYTHON=sys.executable), capture_output=True,
+        text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = {p.parent.name: json.loads(p.read_text())["status"]
                 for p in (tmp_path / "runs").glob("*/sweep_run.json")}

@@ -95,7 +95,9 @@ def _concat(trees):
 def compare_checkpoints(refs: Sequence[Ref], *, layers: Sequence[str] = (), split: str = "",
                         max_examples: int = 1000, batch_size: int = 250,
                         reduction: str = "mean_pool", svcca: bool = True,
-                        svcca_keep: float = 0.99) -> CrossRunSimilarity:
+                        svcca_keep: float = 0.99,
+                        svcca_only: Sequence[tuple[int, int]] | None = None
+                        ) -> CrossRunSimilarity:
     """Every pair of ``refs``' checkpoints, per layer, on the first run's eval data.
 
     Args:
@@ -103,7 +105,9 @@ def compare_checkpoints(refs: Sequence[Ref], *, layers: Sequence[str] = (), spli
       layers: model outputs (default: every block and ``pre_logits``).
       split: data split (default: the first run's eval split).
       max_examples, batch_size, reduction: as in the similarity sweep.
-      svcca: also SVCCA (one eigendecomposition per pair).
+      svcca: also SVCCA (one eigendecomposition per pair and layer).
+      svcca_only: SVCCA only for these ``(checkpoint, checkpoint)`` index pairs (every layer);
+        None = all pairs.
     """
     traj, steps = load_checkpoints(refs)
     model, data = traj.setup.model, traj.config.data
@@ -114,10 +118,15 @@ def compare_checkpoints(refs: Sequence[Ref], *, layers: Sequence[str] = (), spli
         raise ConfigError(f"layers {unknown} are not outputs of the model; valid: {valid}")
     num_c, num_l = len(refs), len(layers)
     pairs = same_layer_pairs(num_c, num_l)
+    svcca_pairs: Sequence[int] = ()
+    if svcca:
+        wanted = None if svcca_only is None else {tuple(sorted(p)) for p in svcca_only}
+        svcca_pairs = [q for q, (i, j) in enumerate(pairs // num_l)
+                       if wanted is None or (int(i), int(j)) in wanted]
     streamed = streamed_similarity(
         model, traj.variables, layers, data, split or data.eval_split, pairs=pairs,
         reduction=reduction, batch_size=batch_size, max_examples=max_examples,
-        svcca_pairs=range(len(pairs)) if svcca else (), svcca_keep=svcca_keep)
+        svcca_pairs=svcca_pairs, svcca_keep=svcca_keep)
     matrices = {}
     for name, values in streamed.values.items():
         m = np.full((num_l, num_c, num_c), np.nan)

@@ -74,7 +74,8 @@ def sweep_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir:
     for run, d in zip(runs, run_dirs, strict=True):
         refs += [(f"{run.name}@init", d, 0), (run.name, d, None)]
     result = compare_checkpoints(refs, max_examples=max_examples, reduction=reduction,
-                                 svcca=svcca)
+                                 svcca=svcca,
+                                 svcca_only=[(2 * i, 2 * i + 1) for i in range(len(runs))])
     layers = result.layers
     groups = [group_label(r) for r in runs]
     names = list(dict.fromkeys(groups))
