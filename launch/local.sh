@@ -2,7 +2,7 @@
 # Run one experiment on this machine, on every local device.
 #
 #   launch/local.sh CONFIG WORKDIR [--config.key=value ...]
-#   launch/local.sh configs/quickstart.py runs/quickstart --config.train.steps=300
+#   launch/local.sh configs/quickstart.py runs/single --config.train.steps=300
 #
 # On a CPU-only machine, DEVICES=8 splits each batch over 8 virtual CPU devices
 # (useful to check data-parallel code paths; not faster).

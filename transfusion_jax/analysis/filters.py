@@ -112,7 +112,7 @@ def filter_grid(kernel: Any, *, max_filters: int = 64, indices: Sequence[int] | 
 def plot_filter_grids(kernels: Mapping[str, Any], path: str | Path, *,
                       title: str = "first-layer filters", max_filters: int = 64,
                       indices: Sequence[int] | None = None,
-                      normalise: str = "minmax") -> str:
+                      normalise: str = "minmax", columns: int = 0) -> str:
     """Draws the filter grids of several kernels side by side, one labelled panel each.
 
     The same filter indices are shown in every panel, at the same grid positions, so filter
@@ -123,15 +123,20 @@ def plot_filter_grids(kernels: Mapping[str, Any], path: str | Path, *,
       path: PNG to write.
       title: figure title.
       max_filters, indices, normalise: as in `filter_grid`.
+      columns: panels per row (0 = all in one row); e.g. 2 for (init, trained) pairs.
 
     Returns:
       the PNG path written.
     """
     if not kernels:
         raise ValueError("plot_filter_grids needs at least one kernel")
-    fig, axes = plt.subplots(1, len(kernels), figsize=(3.6 * len(kernels), 4.0), squeeze=False,
+    cols = columns or len(kernels)
+    rows = math.ceil(len(kernels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.0 * rows), squeeze=False,
                              constrained_layout=True)
-    for ax, (label, kernel) in zip(axes[0], kernels.items(), strict=True):
+    for ax in axes.flat[len(kernels):]:
+        ax.axis("off")
+    for ax, (label, kernel) in zip(axes.flat, kernels.items(), strict=False):
         shape = np.shape(kernel)
         ax.imshow(filter_grid(kernel, max_filters=max_filters, indices=indices,
                               normalise=normalise), interpolation="nearest")

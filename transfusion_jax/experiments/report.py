@@ -60,13 +60,13 @@ def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Pa
         blocks = traj.setup.model.block_names()
         for c, when in enumerate(("init", "trained")):
             params = jax.tree.map(lambda v, c=c: v[c], traj.variables["params"])
-            kernels[f"{group}\n{when}"] = first_conv_kernel(params, blocks)
+            kernels[f"{group}, {when}"] = first_conv_kernel(params, blocks)
     if not kernels:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     return plot_filter_grids(kernels, out_dir / "conv1_filters.png",
                              title="First-layer filters at init and after training "
-                                   "(first seed of each init)")
+                                   "(first seed of each init)", columns=4)
 
 
 def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
