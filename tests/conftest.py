@@ -39,13 +39,8 @@ def x64():
         yield
 
 
-def smoke_config(data_dir: str, **overrides):
-    """The quickstart's smoke config on the session data dir, with dotted-key overrides."""
-    from configs.quickstart import get_config
-
-    config = get_config("smoke")
-    config.data.data_dir = data_dir
-    config.log.tensorboard = False
+def apply_overrides(config, overrides: dict):
+    """Sets ``{"a.b.c": value}`` dotted keys in ``config`` (in place); returns it."""
     for key, value in overrides.items():
         section = config
         *parents, leaf = key.split(".")
@@ -53,6 +48,16 @@ def smoke_config(data_dir: str, **overrides):
             section = section[p]
         section[leaf] = value
     return config
+
+
+def smoke_config(data_dir: str, **overrides):
+    """The quickstart's smoke config on the session data dir, with dotted-key overrides."""
+    from configs.quickstart import get_config
+
+    config = get_config("smoke")
+    config.data.data_dir = data_dir
+    config.log.tensorboard = False
+    return apply_overrides(config, overrides)
 
 
 def cli_env(devices: int = 1, **extra: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs.recipe_at_scale import MODELS, TASKS, get_config
+from tests.conftest import apply_overrides
 from transfusion_jax.config import ConfigError, base_config
 from transfusion_jax.data import DataError, DatasetNotFoundError, open_source
 from transfusion_jax.data.labels import (
@@ -153,13 +154,7 @@ def recipe(arg: str, data_dir: str, **overrides):
     config = get_config(arg)
     config.data.data_dir = data_dir
     config.log.tensorboard, config.log.plot = False, False
-    for key, value in overrides.items():
-        section = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            section = section[p]
-        section[leaf] = value
-    return config
+    return apply_overrides(config, overrides)
 
 
 SMALL_MODEL = {"model.name": "cbr_tiny", "model.options.width": 0.125}

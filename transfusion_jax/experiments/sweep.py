@@ -130,6 +130,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
         log.info("sweep: run %d/%d %s%s", i + 1, len(mine), run.name, eta)
         statuses[run.name] = _train_once(run.name, run.axes, run.seed, run.config,
                                          run_dir(sweep_dir, run))
+    failed = [name for name, status in statuses.items() if status == "failed"]
+    if failed:
+        log.warning("sweep: %d run(s) failed and are reported as such: %s", len(failed),
+                    ", ".join(failed))
     pending = [r.name for r in runs
                if read_status(run_dir(sweep_dir, r)).get("status") not in ("finished",
                                                                            "failed")]
