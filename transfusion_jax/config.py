@@ -170,8 +170,11 @@ def check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """A JSON-serialisable plain dict of a config (tuples become lists)."""
-    return ml_collections.ConfigDict(config).to_dict()
+    """A config as plain JSON data (tuples become lists): exactly what a checkpoint's
+    metadata or a sweep's status file holds, so saved and current configs compare equal."""
+    import json
+
+    return json.loads(json.dumps(ml_collections.ConfigDict(config).to_dict()))
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -46,23 +47,14 @@ def _index(tree: Any, c: int) -> Any:
     return jax.tree.map(lambda v: v[c], tree)
 
 
-class _Timer:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.start = time.perf_counter()
-                log.info("analyze: %s ...", name)
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = time.perf_counter() - self.start
-                log.info("analyze: %s done in %.1f s", name, timer.seconds[name])
-
-        return _Span()
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], name: str):
+    """Logs the start and duration of one analysis and records it in ``seconds``."""
+    log.info("analyze: %s ...", name)
+    start = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - start
+    log.info("analyze: %s done in %.1f s", name, seconds[name])
 
 
 def _refs(a: ml_collections.ConfigDict) -> tuple[tuple, tuple, list[tuple]]:
@@ -86,17 +78,17 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
     out = Path(workdir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     before, after, baselines = _refs(a)
-    timer = _Timer()
+    seconds: dict[str, float] = {}
     files: dict[str, Any] = {}
-    with timer("load checkpoints"):
+    with _timed(seconds, "load checkpoints"):
         traj, _ = load_checkpoints([before, after])
         blocks = traj.setup.model.block_names()
         same_run = Path(before[1]).absolute() == Path(after[1]).absolute()
         steps = [s for s in checkpoint_steps(after[1]) if s <= after[2]]
         along = load_trajectory(after[1], steps) if same_run and len(steps) > 2 else None
-    with timer("parameter space"):
+    with _timed(seconds, "parameter space"):
         files["weights"], weights = _weights(traj, along, blocks, out / "weights")
-    with timer("feature space"):
+    with _timed(seconds, "feature space"):
         refs = [before, after, *baselines]
         if along is not None:
             refs += [(f"step {s}", after[1], s) for s in steps if s not in (before[2], after[2])]
@@ -106,20 +98,20 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
                                             title="Linear CKA between checkpoints, per layer")
         files["features"]["along_png"] = str(analyze_report.plot_feature_change(
             features, out / "features" / "before_after.png"))
-    with timer("maximal activation images"):
+    with _timed(seconds, "maximal activation images"):
         files["max_activation"], comparisons = _max_activation(config, traj, out)
-    with timer("filters"):
+    with _timed(seconds, "filters"):
         files["filters"] = _filters(traj, blocks, baselines, out / "filters")
-    with timer("feature visualisation"):
+    with _timed(seconds, "feature visualisation"):
         files["feature_vis"] = _feature_vis(config, traj, comparisons, out / "feature_vis")
-    (out / "timings.json").write_text(json.dumps(timer.seconds, indent=2) + "\n")
+    (out / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
     html, md = analyze_report.write_analysis_report(
         out, before=before, after=after, baselines=baselines, model_name=config_name(traj),
         weights=weights, features=features, comparisons=comparisons, files=files,
-        timings=timer.seconds)
+        timings=seconds)
     log.info("analysis report: %s", html)
     return {"files": files, "report_html": str(html), "report_md": str(md),
-            "timings": timer.seconds, "features": features, "comparisons": comparisons}
+            "timings": seconds, "features": features, "comparisons": comparisons}
 
 
 def config_name(traj) -> str:

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -87,8 +88,6 @@ def load_checkpoints(refs: Sequence[Ref]) -> tuple[Trajectory, list[int]]:
 
 
 def _concat(trees):
-    import jax
-
     return jax.tree.map(lambda *xs: np.concatenate(xs), *trees)
 
 

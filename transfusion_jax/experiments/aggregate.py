@@ -30,26 +30,13 @@ import numpy as np
 
 from transfusion_jax.experiments import aggregate_plots
 from transfusion_jax.experiments.aggregate_text import conclusion, csv_rows, markdown
-from transfusion_jax.experiments.grid import RUNS_DIR, read_status
+from transfusion_jax.experiments.grid import RUNS_DIR, group_label, read_json, read_status
 from transfusion_jax.experiments.stats import bootstrap_ci, jsonable, paired_speedup, steps_summary
 from transfusion_jax.train.writer import read_metrics
 
 log = logging.getLogger(__name__)
 
 NOT_METRICS = ("num_examples",)  # scalar final_eval entries that are counts, not metrics
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def group_label(axes: dict[str, str]) -> str:
-    """``"mean_var"`` for one axis, ``"init=mean_var,model=cbr_small"`` for several."""
-    if not axes:
-        return "all runs"  # a sweep over seeds only
-    if len(axes) == 1:
-        return str(next(iter(axes.values())))
-    return ",".join(f"{a}={axes[a]}" for a in sorted(axes))
 
 
 def natural_key(text: str) -> list[Any]:
@@ -64,7 +51,7 @@ def _read_runs(sweep_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
         status = read_status(run_dir)
         name = status.get("name", run_dir.name)
         state = status.get("status", "not started")
-        summary = _read_json(run_dir / "summary.json")
+        summary = read_json(run_dir / "summary.json")
         if state == "finished" and summary:
             finished.append({"name": name, "dir": run_dir, "axes": status.get("axes", {}),
                              "seed": int(status.get("seed", 0)), "summary": summary})
@@ -213,6 +200,3 @@ def write_aggregate(result: dict[str, Any], out_dir: str | Path) -> dict[str, st
     out.update(aggregate_plots.write_plots(result, out_dir))
     log.info("aggregate: %s", files["md"])
     return out
-
-
-# ---- text: the table, the Markdown page, the plain-language conclusion ----

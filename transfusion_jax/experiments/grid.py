@@ -173,7 +173,22 @@ def run_dir(sweep_dir: Path, run: GridRun) -> Path:
     return Path(sweep_dir) / RUNS_DIR / run.name
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a run (``{}`` when it is not there yet)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def read_status(path: Path) -> dict[str, Any]:
     """A run's ``sweep_run.json`` (``{}`` when it was never started)."""
-    status = Path(path) / STATUS_FILE
-    return json.loads(status.read_text()) if status.exists() else {}
+    return read_json(Path(path) / STATUS_FILE)
+
+
+def group_label(axes: dict[str, str]) -> str:
+    """A run's variant without its seed: ``"mean_var"`` for one axis,
+    ``"init=mean_var,model=cbr_small"`` for several, ``"all runs"`` for none."""
+    if not axes:
+        return "all runs"  # a sweep over seeds only
+    if len(axes) == 1:
+        return str(next(iter(axes.values())))
+    return ",".join(f"{a}={axes[a]}" for a in sorted(axes))

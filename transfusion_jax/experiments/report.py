@@ -6,33 +6,33 @@ calls it on an existing sweep workdir (e.g. after a multi-host sweep).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import ml_collections
 
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
 from transfusion_jax.experiments.aggregate_text import summary_table
-from transfusion_jax.experiments.grid import GridRun, expand_grid, read_status, run_dir
-from transfusion_jax.experiments.sweep_similarity import group_label, sweep_similarity
+from transfusion_jax.experiments.grid import (
+    GridRun,
+    expand_grid,
+    group_label,
+    read_json,
+    read_status,
+    run_dir,
+)
+from transfusion_jax.experiments.sweep_similarity import sweep_similarity
 
 log = logging.getLogger(__name__)
-
-
-def _summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _run_rows(runs: Sequence[GridRun], dirs: Sequence[Path]) -> list[list[str]]:
     rows = []
     for run, d in zip(runs, dirs, strict=True):
-        status, summary = read_status(d), _summary(d)
+        status, summary = read_status(d), read_json(d / "summary.json")
         conv = summary.get("convergence", {})
         final = summary.get("final_eval", {})
         reached = conv.get("steps_to_threshold")
@@ -52,7 +52,7 @@ def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Pa
     kernels = {}
     seen = set()
     for run, d in zip(runs, dirs, strict=True):
-        group = group_label(run)
+        group = group_label(run.axes)
         if group in seen or read_status(d).get("status") != "finished":
             continue
         seen.add(group)

@@ -54,15 +54,11 @@ def _write_status(run_dir: Path, **status: Any) -> None:
     tmp.replace(run_dir / STATUS_FILE)  # atomic: never a half-written status
 
 
-def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return json.loads(json.dumps(to_dict(config)))
-
-
 def _train_once(name: str, axes: dict[str, str], seed: int,
                 config: ml_collections.ConfigDict, run_dir: Path) -> str:
     """Trains (or resumes, or skips) one run; returns its final status."""
     status = read_status(run_dir)
-    plain = _plain(config)
+    plain = to_dict(config)
     if status.get("status") == "finished":
         if status.get("config") != plain:
             raise ConfigError(f"{run_dir} finished with a different config; delete it or use a "

@@ -26,16 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from transfusion_jax.analysis.cross_run import compare_checkpoints, plot_cross_run  # noqa: E402
-from transfusion_jax.experiments.grid import GridRun  # noqa: E402
+from transfusion_jax.experiments.grid import GridRun, group_label  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def group_label(run: GridRun) -> str:
-    """The run's variant without its seed: ``"mean_var"`` (one axis) or ``"init=a,k=b"``."""
-    if len(run.axes) == 1:
-        return next(iter(run.axes.values()))
-    return ",".join(f"{a}={v}" for a, v in run.axes.items())
 
 
 def _between(cka: np.ndarray, finals: list[int], groups: list[str], seeds: list[int],
@@ -77,7 +70,7 @@ def sweep_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir:
                                  svcca=svcca,
                                  svcca_only=[(2 * i, 2 * i + 1) for i in range(len(runs))])
     layers = result.layers
-    groups = [group_label(r) for r in runs]
+    groups = [group_label(r.axes) for r in runs]
     names = list(dict.fromkeys(groups))
     seeds = [r.seed for r in runs]
     finals = [2 * i + 1 for i in range(len(runs))]

@@ -9,7 +9,6 @@ is checked before every checkpoint, so the last checkpoint on disk is always a g
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -61,7 +60,7 @@ def _check_finite(losses: list[jax.Array], first_step: int, checkpoints: Path,
 
 def _check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict,
                      workdir: Path) -> None:
-    current = json.loads(json.dumps(to_dict(config)))  # as saved: tuples become lists
+    current = to_dict(config)
     changed = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
     if changed:
         raise ConfigError(
