@@ -3,7 +3,8 @@
 Run::
 
     python benchmarks/similarity.py                      # 1 thread, sampled baseline loop
-    python benchmarks/similarity.py --threads 2 --baseline-pairs all
+    python benchmarks/similarity.py --threads 2 --out benchmarks/results/similarity_2threads.json
+    python benchmarks/similarity.py --baseline-pairs all  # time the whole baseline loop
 
 Measures, on the same data in the same process:
 

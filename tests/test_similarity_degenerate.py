@@ -37,6 +37,24 @@ def test_non_finite_values_raise(name, bad):
         ALL[name](x, Y)
 
 
+def test_finite_check_counts_exactly_and_survives_overflowing_sums():
+    """The cheap sum pre-check must neither miss bad values nor reject large finite ones."""
+    from transfusion_jax.similarity import validation
+
+    huge = np.full((20, 5), 3e38, np.float32)  # finite, but the float32 sum overflows
+    huge[::2] *= -0.5
+    validation.check_representation(huge)  # no error: every value is finite
+    cancel = X.copy()
+    cancel[0, 0], cancel[1, 0] = np.inf, -np.inf  # inf - inf: a NaN sum, not an inf one
+    cancel[2, 2] = np.nan
+    with pytest.raises(sim.SimilarityInputError, match="contains 3 NaN or inf"):
+        validation.check_representation(cancel)
+    stack = np.stack([X, X])
+    stack[1, 4, 4] = np.inf
+    with pytest.raises(sim.SimilarityInputError, match="contains 1 NaN or inf"):
+        validation.check_stack(stack)
+
+
 def test_mismatched_examples_and_wrong_rank_raise():
     with pytest.raises(sim.SimilarityInputError, match="same examples"):
         sim.linear_cka(X, Y[:10])

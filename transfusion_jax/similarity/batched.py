@@ -104,11 +104,17 @@ def _feature_cross_sq(groups, layout):
 
 
 def _gram_cross_sq(groups, block: int, mesh):
-    """``(P, P)`` sum over Gram blocks, in group order, sharded over block pairs."""
+    """``(P, P)`` sum over Gram blocks, in group order, sharded over block pairs.
+
+    Takes uncentered groups: each row block is centered as it is sliced (fused into the slice
+    copy), so no centered copy of the whole stack is ever materialised.
+    """
     n = groups[0].shape[1]
     nb = -(-n // block)
     pad = nb * block - n
-    groups = tuple(jnp.pad(g, ((0, 0), (0, pad), (0, 0))) for g in groups)
+    means = tuple(jnp.mean(g, axis=1, keepdims=True) for g in groups)
+    if pad:
+        groups = tuple(jnp.pad(g, ((0, 0), (0, pad), (0, 0))) for g in groups)
     rs = [(r, s) for r in range(nb) for s in range(r, nb)]
     shards = 1 if mesh is None else parallel.num_data_shards(mesh)
     rs += [(0, 0)] * (-len(rs) % shards)
@@ -119,15 +125,23 @@ def _gram_cross_sq(groups, block: int, mesh):
     w = jnp.asarray(weights, groups[0].dtype)
     p = sum(g.shape[0] for g in groups)
 
-    def partial_sum(gs, r_idx, s_idx, w):
+    def centered_rows(g, mean, start):
+        rows = jax.lax.dynamic_slice_in_dim(g, start, block, axis=1)
+        valid = (start + jnp.arange(block) < n)[None, :, None]  # padded rows stay 0
+        return jnp.where(valid, rows - mean, 0.0)
+
+    def partial_sum(gs, means, r_idx, s_idx, w):
         def step(acc, rsw):
             r, s, wt = rsw
             blocks = []
-            for g in gs:
-                xr = jax.lax.dynamic_slice_in_dim(g, r * block, block, axis=1)
-                xs = jax.lax.dynamic_slice_in_dim(g, s * block, block, axis=1)
-                blocks.append(jnp.einsum("pid,pjd->pij", xr, xs).reshape(g.shape[0], -1))
-            # (b^2, P) layout: XLA:CPU contracts the long axis ~2x faster this way than as
+            for g, mean in zip(gs, means, strict=True):
+                xr = centered_rows(g, mean, r * block)
+                xs = centered_rows(g, mean, s * block)
+                # One (b, d) x (d, b) matmul per item: on XLA:CPU a map over items runs
+                # ~20% faster than the batched einsum "pid,pjd->pij".
+                k = jax.lax.map(lambda ab: ab[0] @ ab[1].T, (xr, xs))
+                blocks.append(k.reshape(g.shape[0], -1))
+            # (b^2, P) layout: XLA:CPU contracts the long axis faster this way than as
             # (P, b^2) @ (b^2, P); the barrier keeps it from folding the transpose back.
             bt = jax.lax.optimization_barrier(jnp.concatenate(blocks, axis=0).T)
             return acc + wt * (bt.T @ bt), None
@@ -136,29 +150,28 @@ def _gram_cross_sq(groups, block: int, mesh):
         return acc
 
     if mesh is None or shards == 1:
-        return partial_sum(groups, r_idx, s_idx, w)
+        return partial_sum(groups, means, r_idx, s_idx, w)
     spec = PartitionSpec(parallel.DATA_AXIS)
 
-    def sharded(gs, r_idx, s_idx, w):
-        return jax.lax.psum(partial_sum(gs, r_idx, s_idx, w), parallel.DATA_AXIS)
+    def sharded(gs, means, r_idx, s_idx, w):
+        return jax.lax.psum(partial_sum(gs, means, r_idx, s_idx, w), parallel.DATA_AXIS)
 
     return jax.shard_map(
-        sharded, mesh=mesh, in_specs=(PartitionSpec(), spec, spec, spec),
+        sharded, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), spec, spec, spec),
         out_specs=PartitionSpec(), check_vma=False,
-    )(groups, r_idx, s_idx, w)
+    )(groups, means, r_idx, s_idx, w)
 
 
 @partial(jax.jit, static_argnames=("layout", "debiased", "form", "block", "mesh"))
 def _linear_cka_matrix(groups, *, layout, debiased, form, block, mesh):
     order = layout.item_order()
     inverse = np.argsort(order)
-    groups = _center(groups)
     if form == "feature":
-        cross = _feature_cross_sq(groups, layout)
+        cross = _feature_cross_sq(_center(groups), layout)
     else:
         cross = _gram_cross_sq(groups, block, mesh)
     cross = cross[inverse][:, inverse]
-    row_dot, norm_sq = _row_stats(groups, inverse)
+    row_dot, norm_sq = _row_stats(_center(groups), inverse)
     n = groups[0].shape[1]
     return cka_lib.linear_cka_from_moments(cross, row_dot, norm_sq, n, debiased=debiased)
 

@@ -98,6 +98,20 @@ def eigh_descending(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
     return lam[::-1], vec[:, ::-1]
 
 
+def eigh_descending_pair(
+    sxx: jax.Array, syy: jax.Array
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """`eigh_descending` of both covariances: ``((lam_x, vec_x), (lam_y, vec_y))``.
+
+    Equal shapes go through one batched LAPACK call, which XLA:CPU spreads over its threads
+    (on 2 cores a whole 5,000 x 2,048 CCA-family call measured 15-25% faster).
+    """
+    if sxx.shape != syy.shape:
+        return eigh_descending(sxx), eigh_descending(syy)
+    lam, vec = jax.vmap(eigh_descending)(jnp.stack([sxx, syy]))
+    return (lam[0], vec[0]), (lam[1], vec[1])
+
+
 def eigh_upper(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Ascending ``(lam (d,), vec (d, d))`` of the symmetric part of ``a (d, d)``."""
     vec, lam = jax.lax.linalg.eigh(a, lower=False, symmetrize_input=True)
@@ -176,8 +190,7 @@ def cca_from_cov(
     Returns:
       `CCAResult`.
     """
-    lx, vx = eigh_descending(sxx)
-    ly, vy = eigh_descending(syy)
+    (lx, vx), (ly, vy) = eigh_descending_pair(sxx, syy)
     mx, my = rank_mask(lx, rtol), rank_mask(ly, rtol)
     return cca_from_whitened(sxy, whitening(lx, vx, mx, epsilon), whitening(ly, vy, my, epsilon),
                              mx, my)

@@ -102,9 +102,11 @@ def num_examples(acts: Activations) -> int:
 def to_groups(acts: Activations, layout: ItemLayout, dtype=None) -> tuple[jax.Array, ...]:
     """Stacks items of equal width: a tuple of ``(P_g, n, d_g)`` arrays, one per group."""
     if not isinstance(acts, (list, tuple)):
-        a = jnp.asarray(acts, dtype)
-        c, layers, n, d = a.shape
-        return (a.reshape(c * layers, n, d),)
+        c, layers, n, d = np.shape(acts)
+        if isinstance(acts, jax.Array):
+            return (jnp.asarray(acts, dtype).reshape(c * layers, n, d),)
+        # Reshape on the host first (a view): reshaping the device copy would copy it again.
+        return (jnp.asarray(np.reshape(acts, (c * layers, n, d)), dtype),)
     out = []
     for g in range(len(layout.groups)):
         per_layer = [jnp.asarray(acts[i], dtype) for i in layout.group_layers(g)]

@@ -113,8 +113,8 @@ def pwcca_from_cov(
     Returns:
       `PWCCAResult` with ``min(dx, dy)`` slots.
     """
-    return pwcca_from_eig(sxx, cca_lib.eigh_descending(sxx), syy, cca_lib.eigh_descending(syy),
-                          sxy, epsilon, rtol)
+    eig_x, eig_y = cca_lib.eigh_descending_pair(sxx, syy)
+    return pwcca_from_eig(sxx, eig_x, syy, eig_y, sxy, epsilon, rtol)
 
 
 @jax.jit

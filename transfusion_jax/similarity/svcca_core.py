@@ -80,8 +80,7 @@ def svcca_from_cov(
     Returns:
       `CCAResult` with ``min(dx, dy)`` slots; ``count = min(k_x, k_y)``.
     """
-    lx, vx = cca_lib.eigh_descending(sxx)
-    ly, vy = cca_lib.eigh_descending(syy)
+    (lx, vx), (ly, vy) = cca_lib.eigh_descending_pair(sxx, syy)
     wx, mx = _reduced(lx, vx, keep, rtol)
     wy, my = _reduced(ly, vy, keep, rtol)
     return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
@@ -89,18 +88,42 @@ def svcca_from_cov(
 
 @jax.jit
 def _decompose(x: jax.Array, y: jax.Array):
-    sxx, syy, sxy = cca_lib.covariances(x, y)
-    lx, vx = cca_lib.eigh_descending(sxx)
-    ly, vy = cca_lib.eigh_descending(syy)
-    return lx, vx, ly, vy, sxy
+    """Ascending eigendecompositions of the centered Grams and their cross product.
+
+    Unnormalised (no ``1 / (n - 1)``): SVCCA's keep fraction and rank cut are relative and
+    the whitened cross product is scale-free, so dividing would only cost three passes.
+    """
+    xc = x - jnp.mean(x, axis=0, keepdims=True)
+    yc = y - jnp.mean(y, axis=0, keepdims=True)
+    gx, gy, gxy = cca_lib.gram(xc), cca_lib.gram(yc), cca_lib.gram(xc, yc)
+    # gram() is exactly symmetric, so LAPACK's input needs no symmetrising pass. Equal
+    # shapes go through one batched call, which XLA:CPU spreads over its threads (on 2 cores
+    # a whole svcca call measured ~25% faster than with two calls in sequence).
+    eigh = partial(jax.lax.linalg.eigh, lower=False, symmetrize_input=False)
+    if gx.shape == gy.shape:
+        vec, lam = eigh(jnp.stack([gx, gy]))
+        return lam[0], vec[0], lam[1], vec[1], gxy
+    (vx, lx), (vy, ly) = eigh(gx), eigh(gy)
+    return lx, vx, ly, vy, gxy
+
+
+def _kept_whitening(lam_asc, vec_asc, k, keep, rtol):
+    """The ``k`` leading whitened directions ``(d, k)`` and their mask, from ascending eigh.
+
+    The canonical correlations do not depend on the order of the whitened directions, so
+    the last ``k`` columns are used as they are, without reversing.
+    """
+    lam = lam_asc[::-1]
+    mask = (keep_mask(lam, keep) & cca_lib.rank_mask(lam, rtol))[:k][::-1]
+    lam_k, vec_k = lam_asc[-k:], vec_asc[:, -k:]
+    return vec_k * cca_lib.whitening_scale(lam_k, mask)[None, :], mask
 
 
 @partial(jax.jit, static_argnames=("kx", "ky", "keep"))
 def _correlate(lx, vx, ly, vy, sxy, rtol, *, kx: int, ky: int, keep: float | int):
-    wx, mx = _reduced(lx, vx, keep, rtol)
-    wy, my = _reduced(ly, vy, keep, rtol)
-    res = cca_lib.cca_from_whitened(sxy, wx[:, :kx], wy[:, :ky], mx[:kx], my[:ky])
-    return res
+    wx, mx = _kept_whitening(lx, vx, kx, keep, rtol)
+    wy, my = _kept_whitening(ly, vy, ky, keep, rtol)
+    return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
 
 
 def _bucket(k: int, d: int, step: int = 64) -> int:
@@ -136,8 +159,8 @@ def svcca(
         sxx, syy, sxy = cca_lib.covariances(x, y)
         return svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol)
     lx, vx, ly, vy, sxy = _decompose(x, y)
-    kx = int(jnp.sum(keep_mask(lx, keep)))
-    ky = int(jnp.sum(keep_mask(ly, keep)))
+    kx = int(jnp.sum(keep_mask(lx[::-1], keep)))
+    ky = int(jnp.sum(keep_mask(ly[::-1], keep)))
     res = _correlate(lx, vx, ly, vy, sxy, rtol, kx=_bucket(kx, x.shape[1]),
                      ky=_bucket(ky, y.shape[1]), keep=keep)
     # Pad back to the documented min(dx, dy) slots.
