@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transfusion_jax.similarity import validation
+
 Activations = jax.Array | np.ndarray | Sequence[jax.Array | np.ndarray]
 
 
@@ -104,12 +106,12 @@ def to_groups(acts: Activations, layout: ItemLayout, dtype=None) -> tuple[jax.Ar
     if not isinstance(acts, (list, tuple)):
         c, layers, n, d = np.shape(acts)
         if isinstance(acts, jax.Array):
-            return (jnp.asarray(acts, dtype).reshape(c * layers, n, d),)
+            return (validation.as_float(acts, dtype).reshape(c * layers, n, d),)
         # Reshape on the host first (a view): reshaping the device copy would copy it again.
-        return (jnp.asarray(np.reshape(acts, (c * layers, n, d)), dtype),)
+        return (validation.as_float(np.reshape(acts, (c * layers, n, d)), dtype),)
     out = []
     for g in range(len(layout.groups)):
-        per_layer = [jnp.asarray(acts[i], dtype) for i in layout.group_layers(g)]
+        per_layer = [validation.as_float(acts[i], dtype) for i in layout.group_layers(g)]
         stacked = jnp.stack(per_layer, axis=1)  # (C, L_g, n, d)
         c, lg, n, d = stacked.shape
         out.append(stacked.reshape(c * lg, n, d))

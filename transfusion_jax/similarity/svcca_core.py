@@ -95,16 +95,10 @@ def _decompose(x: jax.Array, y: jax.Array):
     """
     xc = x - jnp.mean(x, axis=0, keepdims=True)
     yc = y - jnp.mean(y, axis=0, keepdims=True)
-    gx, gy, gxy = cca_lib.gram(xc), cca_lib.gram(yc), cca_lib.gram(xc, yc)
-    # gram() is exactly symmetric, so LAPACK's input needs no symmetrising pass. Equal
-    # shapes go through one batched call, which XLA:CPU spreads over its threads (on 2 cores
-    # a whole svcca call measured ~25% faster than with two calls in sequence).
-    eigh = partial(jax.lax.linalg.eigh, lower=False, symmetrize_input=False)
-    if gx.shape == gy.shape:
-        vec, lam = eigh(jnp.stack([gx, gy]))
-        return lam[0], vec[0], lam[1], vec[1], gxy
-    (vx, lx), (vy, ly) = eigh(gx), eigh(gy)
-    return lx, vx, ly, vy, gxy
+    # gram() is exactly symmetric: LAPACK's input needs no symmetrising pass.
+    (lx, vx), (ly, vy) = cca_lib.eigh_upper_pair(cca_lib.gram(xc), cca_lib.gram(yc),
+                                                 symmetrize=False)
+    return lx, vx, ly, vy, cca_lib.gram(xc, yc)
 
 
 def _kept_whitening(lam_asc, vec_asc, k, keep, rtol):
