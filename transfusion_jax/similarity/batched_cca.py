@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transfusion_jax.similarity import cca_core as cca_lib
+from transfusion_jax.similarity import eigh as eigh_lib
 from transfusion_jax.similarity import layout as layout_lib
 from transfusion_jax.similarity import pwcca_core as pwcca_lib
 from transfusion_jax.similarity import svcca_core as svcca_lib
@@ -36,7 +37,7 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
     n = groups[0].shape[1]
     # Per item, once: covariance and its eigendecomposition.
     covs = [jnp.einsum("pni,pnj->pij", g, g) / (n - 1) for g in groups]
-    eig = [jax.vmap(cca_lib.eigh_descending)(c) for c in covs]
+    eig = [jax.vmap(eigh_lib.eigh_descending)(c) for c in covs]
     out = jnp.zeros((len(pairs),), groups[0].dtype)
     for (gi, gj), rows in _pair_buckets(pairs, layout).items():
         q = np.asarray([r[0] for r in rows])
@@ -48,16 +49,12 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
             sxy = groups[gi][i].T @ groups[gj][j] / (n - 1)
             (lx, vx), (ly, vy) = (eig[gi][0][i], eig[gi][1][i]), (eig[gj][0][j], eig[gj][1][j])
             if method == "pwcca":
-                return pwcca_lib.pwcca_from_eig(covs[gi][i], (lx, vx), covs[gj][j], (ly, vy),
-                                                sxy, epsilon, rtol).mean
-            if method == "svcca":
-                mx = svcca_lib.keep_mask(lx, keep) & cca_lib.rank_mask(lx, rtol)
-                my = svcca_lib.keep_mask(ly, keep) & cca_lib.rank_mask(ly, rtol)
-                eps = 0.0
-            else:
-                mx, my = cca_lib.rank_mask(lx, rtol), cca_lib.rank_mask(ly, rtol)
-                eps = epsilon
-            wx, wy = cca_lib.whitening(lx, vx, mx, eps), cca_lib.whitening(ly, vy, my, eps)
+                return pwcca_lib.pwcca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol).mean
+            if method == "cca":
+                return cca_lib.cca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol).mean
+            mx = svcca_lib.keep_mask(lx, keep) & cca_lib.rank_mask(lx, rtol)
+            my = svcca_lib.keep_mask(ly, keep) & cca_lib.rank_mask(ly, rtol)
+            wx, wy = cca_lib.whitening(lx, vx, mx), cca_lib.whitening(ly, vy, my)
             return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my).mean
 
         out = out.at[q].set(jax.lax.map(one, (li, lj)))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transfusion_jax.similarity import eigh as eigh_lib
 from transfusion_jax.similarity import validation
 
 
@@ -75,59 +76,23 @@ def gram(a: jax.Array, b: jax.Array | None = None, *, block: int = GRAM_BLOCK) -
     return jnp.triu(upper) + jnp.triu(upper, 1).T
 
 
-def covariances(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def covariances(
+    x: jax.Array, y: jax.Array, *, normalize: bool = True
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sample covariance blocks of centered ``x (n, dx)`` and ``y (n, dy)``, over ``n - 1``.
+
+    ``normalize=False`` leaves out the ``1 / (n - 1)`` (three passes) for callers whose
+    result does not depend on the scale.
 
     Returns:
       ``S_xx (dx, dx)``, ``S_yy (dy, dy)`` (exactly symmetric), ``S_xy (dx, dy)``.
     """
-    n = x.shape[0]
     xc = x - jnp.mean(x, axis=0, keepdims=True)
     yc = y - jnp.mean(y, axis=0, keepdims=True)
-    return gram(xc) / (n - 1), gram(yc) / (n - 1), gram(xc, yc) / (n - 1)
-
-
-def eigh_descending(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Eigenvalues ``(d,)`` in descending order and eigenvectors ``(d, d)`` (columns).
-
-    ``cov`` is symmetrised first, as in `jnp.linalg.eigh`; the LAPACK call then reads the
-    upper triangle, which (row-major arrays being the transpose of what LAPACK sees) is
-    ~10% faster on CPU than the lower one at ``d = 2048``.
-    """
-    lam, vec = eigh_upper(cov)
-    return lam[::-1], vec[:, ::-1]
-
-
-def eigh_descending_pair(
-    sxx: jax.Array, syy: jax.Array
-) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """`eigh_descending` of both covariances: ``((lam_x, vec_x), (lam_y, vec_y))``."""
-    return tuple((lam[::-1], vec[:, ::-1]) for lam, vec in eigh_upper_pair(sxx, syy))
-
-
-def eigh_upper(a: jax.Array, *, symmetrize: bool = True) -> tuple[jax.Array, jax.Array]:
-    """Ascending ``(lam (d,), vec (d, d))`` of the symmetric part of ``a (d, d)``.
-
-    ``symmetrize=False`` skips the ``(a + a^T) / 2`` pass for input already exactly
-    symmetric (e.g. from `gram`).
-    """
-    vec, lam = jax.lax.linalg.eigh(a, lower=False, symmetrize_input=symmetrize)
-    return lam, vec
-
-
-def eigh_upper_pair(
-    a: jax.Array, b: jax.Array, *, symmetrize: bool = True
-) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """`eigh_upper` of two matrices: ``((lam_a, vec_a), (lam_b, vec_b))``, ascending.
-
-    Equal shapes go through one batched LAPACK call, which XLA:CPU spreads over its threads
-    (on 2 cores a whole 5,000 x 2,048 SVCCA call measured ~25% faster than two calls in
-    sequence).
-    """
-    if a.shape != b.shape:
-        return eigh_upper(a, symmetrize=symmetrize), eigh_upper(b, symmetrize=symmetrize)
-    lam, vec = eigh_upper(jnp.stack([a, b]), symmetrize=symmetrize)
-    return (lam[0], vec[0]), (lam[1], vec[1])
+    blocks = gram(xc), gram(yc), gram(xc, yc)
+    if not normalize:
+        return blocks
+    return tuple(b / (x.shape[0] - 1) for b in blocks)
 
 
 def rank_mask(lam: jax.Array, rtol: float | jax.Array) -> jax.Array:
@@ -182,6 +147,31 @@ def cca_from_whitened(
     return _finish(rhos, count)
 
 
+def cca_from_eig(
+    eig_x: eigh_lib.Eig,
+    eig_y: eigh_lib.Eig,
+    sxy: jax.Array,
+    epsilon: float | jax.Array = 0.0,
+    rtol: float | jax.Array = 1e-5,
+) -> CCAResult:
+    """CCA from the cross-covariance and the covariances' descending eigendecompositions.
+
+    Args:
+      eig_x: ``(lam (dx,), vec (dx, dx))`` of ``S_xx``, eigenvalues descending.
+      eig_y: the same for ``S_yy``.
+      sxy: ``(dx, dy)`` cross-covariance.
+      epsilon: ridge added to the eigenvalues of ``sxx`` and ``syy``.
+      rtol: relative rank cut (see `rank_mask`).
+
+    Returns:
+      `CCAResult`.
+    """
+    (lx, vx), (ly, vy) = eig_x, eig_y
+    mx, my = rank_mask(lx, rtol), rank_mask(ly, rtol)
+    return cca_from_whitened(sxy, whitening(lx, vx, mx, epsilon), whitening(ly, vy, my, epsilon),
+                             mx, my)
+
+
 @jax.jit
 def cca_from_cov(
     sxx: jax.Array,
@@ -202,16 +192,33 @@ def cca_from_cov(
     Returns:
       `CCAResult`.
     """
-    (lx, vx), (ly, vy) = eigh_descending_pair(sxx, syy)
-    mx, my = rank_mask(lx, rtol), rank_mask(ly, rtol)
-    return cca_from_whitened(sxy, whitening(lx, vx, mx, epsilon), whitening(ly, vy, my, epsilon),
-                             mx, my)
+    eig_x, eig_y = eigh_lib.eigh_descending_pair(sxx, syy)
+    return cca_from_eig(eig_x, eig_y, sxy, epsilon, rtol)
+
+
+_covariances = jax.jit(covariances, static_argnames=("normalize",))
+
+
+def covariances_and_eigh(
+    x: jax.Array, y: jax.Array, *, normalize: bool = True
+) -> tuple[eigh_lib.Eig, eigh_lib.Eig, jax.Array]:
+    """`covariances` of concrete ``x (n, dx)``, ``y (n, dy)`` and their eigendecompositions.
+
+    The two decompositions go through `eigh.eigh_upper_many` (side by side on a multi-core
+    CPU). `covariances` is exactly symmetric, so no symmetrising pass is needed.
+
+    Returns:
+      Ascending ``eig_x``, ``eig_y`` of ``S_xx``, ``S_yy`` and ``S_xy (dx, dy)``.
+    """
+    sxx, syy, sxy = _covariances(x, y, normalize=normalize)
+    eig_x, eig_y = eigh_lib.eigh_upper_many([sxx, syy], symmetrize=False)
+    return eig_x, eig_y, sxy
 
 
 @jax.jit
-def _cca(x: jax.Array, y: jax.Array, epsilon: jax.Array, rtol: jax.Array) -> CCAResult:
-    sxx, syy, sxy = covariances(x, y)
-    return cca_from_cov(sxx, syy, sxy, epsilon, rtol)
+def _cca_ascending(eig_x, eig_y, sxy, epsilon, rtol) -> CCAResult:
+    return cca_from_eig(eigh_lib.descending(eig_x), eigh_lib.descending(eig_y), sxy, epsilon,
+                        rtol)
 
 
 def prepare_pair(x, y, *, min_examples: int = 2) -> tuple[jax.Array, jax.Array]:
@@ -242,4 +249,7 @@ def cca(
     x, y = prepare_pair(x, y)
     if rtol is None:
         rtol = default_rtol(max(x.shape[1], y.shape[1]), x.dtype)
-    return _cca(x, y, jnp.asarray(epsilon, x.dtype), jnp.asarray(rtol, x.dtype))
+    epsilon, rtol = jnp.asarray(epsilon, x.dtype), jnp.asarray(rtol, x.dtype)
+    if not validation.is_concrete(x, y):
+        return cca_from_cov(*covariances(x, y), epsilon, rtol)
+    return _cca_ascending(*covariances_and_eigh(x, y), epsilon, rtol)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from transfusion_jax.similarity import cca_core as cca_lib
+from transfusion_jax.similarity import eigh as eigh_lib
+from transfusion_jax.similarity import validation
 
 
 class PWCCAResult(NamedTuple):
@@ -44,21 +46,19 @@ class PWCCAResult(NamedTuple):
 
 
 def pwcca_from_eig(
-    sxx: jax.Array,
-    eig_x: tuple[jax.Array, jax.Array],
-    syy: jax.Array,
-    eig_y: tuple[jax.Array, jax.Array],
+    eig_x: eigh_lib.Eig,
+    eig_y: eigh_lib.Eig,
     sxy: jax.Array,
     epsilon: float | jax.Array = 0.0,
     rtol: float | jax.Array = 1e-5,
 ) -> PWCCAResult:
-    """PWCCA from covariance blocks and their descending eigendecompositions.
+    """PWCCA from the cross-covariance and the covariances' descending eigendecompositions.
 
     Lets a batched sweep decompose each item's covariance once and reuse it in every pair.
 
     Args:
-      sxx: ``(dx, dx)`` covariance of x; eig_x: ``(lam (dx,), vec (dx, dx))`` of it.
-      syy: ``(dy, dy)`` covariance of y; eig_y: its eigendecomposition.
+      eig_x: ``(lam (dx,), vec (dx, dx))`` of ``S_xx``, eigenvalues descending.
+      eig_y: the same for ``S_yy``.
       sxy: ``(dx, dy)`` cross-covariance.
       epsilon: ridge added to the covariance eigenvalues.
       rtol: relative rank cut.
@@ -66,15 +66,15 @@ def pwcca_from_eig(
     Returns:
       `PWCCAResult` with ``min(dx, dy)`` slots.
     """
-    if sxx.shape[0] > syy.shape[0]:  # weights come from the side with fewer features
-        sxx, eig_x, syy, eig_y, sxy = syy, eig_y, sxx, eig_x, sxy.T
+    if sxy.shape[0] > sxy.shape[1]:  # weights come from the side with fewer features
+        eig_x, eig_y, sxy = eig_y, eig_x, sxy.T
     (lx, vx), (ly, vy) = eig_x, eig_y
     mx, my = cca_lib.rank_mask(lx, rtol), cca_lib.rank_mask(ly, rtol)
     scale_x = cca_lib.whitening_scale(lx, mx, epsilon)
     wx = vx * scale_x[None, :]
     wy = cca_lib.whitening(ly, vy, my, epsilon)
     m = wx.T @ sxy @ wy  # (dx, dy), dx <= dy
-    _, u = cca_lib.eigh_upper(m @ m.T)
+    _, u = eigh_lib.eigh_upper(m @ m.T)
     u = u[:, ::-1]
     # Correlations from the vectors (||M^T u_i||) keep small rho accurate, unlike sqrt(ev).
     rhos = jnp.sqrt(jnp.sum(jnp.square(m.T @ u), axis=0))
@@ -113,14 +113,14 @@ def pwcca_from_cov(
     Returns:
       `PWCCAResult` with ``min(dx, dy)`` slots.
     """
-    eig_x, eig_y = cca_lib.eigh_descending_pair(sxx, syy)
-    return pwcca_from_eig(sxx, eig_x, syy, eig_y, sxy, epsilon, rtol)
+    eig_x, eig_y = eigh_lib.eigh_descending_pair(sxx, syy)
+    return pwcca_from_eig(eig_x, eig_y, sxy, epsilon, rtol)
 
 
 @jax.jit
-def _pwcca(x: jax.Array, y: jax.Array, epsilon: jax.Array, rtol: jax.Array) -> PWCCAResult:
-    sxx, syy, sxy = cca_lib.covariances(x, y)
-    return pwcca_from_cov(sxx, syy, sxy, epsilon, rtol)
+def _pwcca_ascending(eig_x, eig_y, sxy, epsilon, rtol) -> PWCCAResult:
+    return pwcca_from_eig(eigh_lib.descending(eig_x), eigh_lib.descending(eig_y), sxy, epsilon,
+                          rtol)
 
 
 def pwcca(
@@ -141,4 +141,7 @@ def pwcca(
     x, y = cca_lib.prepare_pair(x, y)
     if rtol is None:
         rtol = cca_lib.default_rtol(max(x.shape[1], y.shape[1]), x.dtype)
-    return _pwcca(x, y, jnp.asarray(epsilon, x.dtype), jnp.asarray(rtol, x.dtype))
+    epsilon, rtol = jnp.asarray(epsilon, x.dtype), jnp.asarray(rtol, x.dtype)
+    if not validation.is_concrete(x, y):
+        return pwcca_from_cov(*cca_lib.covariances(x, y), epsilon, rtol)
+    return _pwcca_ascending(*cca_lib.covariances_and_eigh(x, y), epsilon, rtol)

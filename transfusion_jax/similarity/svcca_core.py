@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transfusion_jax.similarity import cca_core as cca_lib
+from transfusion_jax.similarity import eigh as eigh_lib
 from transfusion_jax.similarity import validation
 
 
@@ -80,25 +81,10 @@ def svcca_from_cov(
     Returns:
       `CCAResult` with ``min(dx, dy)`` slots; ``count = min(k_x, k_y)``.
     """
-    (lx, vx), (ly, vy) = cca_lib.eigh_descending_pair(sxx, syy)
+    (lx, vx), (ly, vy) = eigh_lib.eigh_descending_pair(sxx, syy)
     wx, mx = _reduced(lx, vx, keep, rtol)
     wy, my = _reduced(ly, vy, keep, rtol)
     return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
-
-
-@jax.jit
-def _decompose(x: jax.Array, y: jax.Array):
-    """Ascending eigendecompositions of the centered Grams and their cross product.
-
-    Unnormalised (no ``1 / (n - 1)``): SVCCA's keep fraction and rank cut are relative and
-    the whitened cross product is scale-free, so dividing would only cost three passes.
-    """
-    xc = x - jnp.mean(x, axis=0, keepdims=True)
-    yc = y - jnp.mean(y, axis=0, keepdims=True)
-    # gram() is exactly symmetric: LAPACK's input needs no symmetrising pass.
-    (lx, vx), (ly, vy) = cca_lib.eigh_upper_pair(cca_lib.gram(xc), cca_lib.gram(yc),
-                                                 symmetrize=False)
-    return lx, vx, ly, vy, cca_lib.gram(xc, yc)
 
 
 def _kept_whitening(lam_asc, vec_asc, k, keep, rtol):
@@ -152,7 +138,9 @@ def svcca(
     if not validation.is_concrete(x, y):
         sxx, syy, sxy = cca_lib.covariances(x, y)
         return svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol)
-    lx, vx, ly, vy, sxy = _decompose(x, y)
+    # Unnormalised Grams: the keep fraction and rank cut are relative and the whitened
+    # cross product is scale-free, so dividing by n - 1 would only cost three passes.
+    (lx, vx), (ly, vy), sxy = cca_lib.covariances_and_eigh(x, y, normalize=False)
     kx = int(jnp.sum(keep_mask(lx[::-1], keep)))
     ky = int(jnp.sum(keep_mask(ly[::-1], keep)))
     res = _correlate(lx, vx, ly, vy, sxy, rtol, kx=_bucket(kx, x.shape[1]),
