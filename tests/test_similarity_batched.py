@@ -43,6 +43,18 @@ def test_matrix_equals_reference_loop(x64, debiased, kind):
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12, err_msg=form)
 
 
+@pytest.mark.parametrize("per_item", [True, False])
+def test_gram_form_item_loop_and_item_batch_agree(x64, monkeypatch, per_item):
+    # CPU loops over items, accelerators batch them: both must give the reference matrix.
+    assert sim.batched.per_item_grams(None) == (jax.default_backend() == "cpu")
+    monkeypatch.setattr(sim.batched, "per_item_grams", lambda mesh: per_item)
+    acts = _mixed(c=3)
+    items = _items(acts)
+    want = np.array([[ref.linear_cka(a, b, True) for b in items] for a in items])
+    got = sim.linear_cka_matrix(acts, debiased=True, form="gram", block_size=8)
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+
+
 def test_matrix_float32_equals_float64_within_tolerance():
     acts = _stacked(c=2, layers=3, n=50, d=8, seed=2)
     with jax.enable_x64(True):

@@ -4,7 +4,8 @@ Representations are ``(n_examples, n_features)``; reduce conv maps ``(n, h, w, c
 `reduce_conv` (``flatten_positions``, ``mean_pool``, ``flatten_all``). Every function is pure
 ``jnp``, jitted with static flags and usable on NumPy or PyTorch (CPU, via ``np.asarray``)
 arrays. Degenerate input (constant or non-finite representations, too few examples) raises
-`SimilarityInputError` when called with concrete arrays.
+`SimilarityInputError` when called with concrete arrays. Matmuls run at full float32
+precision on every backend, not a GPU's TF32 default (`precision`).
 
 This package is a leaf: it imports nothing of the project but `transfusion_jax.parallel`.
 """

@@ -26,6 +26,7 @@ from transfusion_jax.similarity.batched import (
     all_pairs,
     reference_pairs,
 )
+from transfusion_jax.similarity.precision import full_precision
 
 CCA_METHODS = ("cca", "svcca", "pwcca")
 
@@ -61,6 +62,7 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
     return out
 
 
+@full_precision
 def cca_pairs(
     acts: layout_lib.Activations,
     pairs: Pairs,
@@ -98,6 +100,7 @@ def cca_pairs(
                       layout=layout, pairs_key=key, method=method, keep=keep)
 
 
+@full_precision
 def cca_matrix(acts: layout_lib.Activations, **kwargs) -> jax.Array:
     """``(P, P)`` symmetric matrix of `cca_pairs` over all pairs ``i <= j``."""
     layout = layout_lib.layout_of(acts)
@@ -108,6 +111,7 @@ def cca_matrix(acts: layout_lib.Activations, **kwargs) -> jax.Array:
     return m.at[pairs[:, 1], pairs[:, 0]].set(vals)
 
 
+@full_precision
 def cca_to_reference(
     acts: layout_lib.Activations, *, reference: int = 0, **kwargs
 ) -> jax.Array:

@@ -25,6 +25,7 @@ import numpy as np
 
 from transfusion_jax.similarity import eigh as eigh_lib
 from transfusion_jax.similarity import validation
+from transfusion_jax.similarity.precision import full_precision
 
 
 class CCAResult(NamedTuple):
@@ -172,6 +173,7 @@ def cca_from_eig(
                              mx, my)
 
 
+@full_precision
 @jax.jit
 def cca_from_cov(
     sxx: jax.Array,
@@ -228,6 +230,7 @@ def prepare_pair(x, y, *, min_examples: int = 2) -> tuple[jax.Array, jax.Array]:
     return validation.as_float(x, dtype), validation.as_float(y, dtype)
 
 
+@full_precision
 def cca(
     x: jax.Array, y: jax.Array, *, epsilon: float = 0.0, rtol: float | None = None
 ) -> CCAResult:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from transfusion_jax.similarity import validation
+from transfusion_jax.similarity.precision import full_precision
 
 
 def center_features(x: jax.Array) -> jax.Array:
@@ -29,11 +30,13 @@ def center_features(x: jax.Array) -> jax.Array:
     return x - jnp.mean(x, axis=0, keepdims=True)
 
 
+@full_precision
 def gram_linear(x: jax.Array) -> jax.Array:
     """Linear-kernel Gram matrix ``X X^T``. ``(n, d) -> (n, n)``."""
     return x @ x.T
 
 
+@full_precision
 def gram_rbf(x: jax.Array, sigma_frac: float = 0.8) -> jax.Array:
     """RBF-kernel Gram matrix with a bandwidth relative to the median distance.
 
@@ -92,6 +95,7 @@ def _safe_ratio(num: jax.Array, den_sq: jax.Array) -> jax.Array:
     return jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1.0, den))
 
 
+@full_precision
 @partial(jax.jit, static_argnames=("debiased",))
 def cka_from_grams(gram_x: jax.Array, gram_y: jax.Array, *, debiased: bool = False) -> jax.Array:
     """CKA of two ``(n, n)`` Gram matrices (any kernel), Kornblith et al. 2019 eq. (4)."""
@@ -160,6 +164,7 @@ def choose_linear_form(n: int, dx: int, dy: int) -> str:
     return "feature" if feature <= gram else "gram"
 
 
+@full_precision
 def linear_cka(
     x: jax.Array, y: jax.Array, *, debiased: bool = False, form: str = "auto"
 ) -> jax.Array:
@@ -196,6 +201,7 @@ def _rbf_cka(x: jax.Array, y: jax.Array, sigma_frac: float, *, debiased: bool) -
     return cka_from_grams(gram_rbf(x, sigma_frac), gram_rbf(y, sigma_frac), debiased=debiased)
 
 
+@full_precision
 def rbf_cka(
     x: jax.Array, y: jax.Array, *, sigma_frac: float = 0.8, debiased: bool = False
 ) -> jax.Array:

@@ -26,6 +26,7 @@ from transfusion_jax.similarity import cka as cka_lib
 from transfusion_jax.similarity import compensated as comp
 from transfusion_jax.similarity import layout as layout_lib
 from transfusion_jax.similarity import validation
+from transfusion_jax.similarity.precision import full_precision
 
 KERNELS = ("linear", "rbf")
 
@@ -70,6 +71,7 @@ def _update(stats, groups, sigma_frac, sigma, *, layout, kernel, fixed_sigma):
     return MinibatchStats(comp.add(stats.hsic, hsic), stats.num_batches + 1)
 
 
+@full_precision
 def update(
     stats: MinibatchStats,
     batch: layout_lib.Activations,
@@ -111,6 +113,7 @@ def update(
                    fixed_sigma=fixed)
 
 
+@full_precision
 @jax.jit
 def cka(stats: MinibatchStats) -> jax.Array:
     """``(P, P)`` minibatch CKA (Nguyen et al. 2021, eq. 3); 0 where a self-HSIC is <= 0."""

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from transfusion_jax.similarity import validation
+from transfusion_jax.similarity.precision import full_precision
 
 
 @partial(jax.jit, static_argnames=("squared",))
@@ -37,6 +38,7 @@ def _procrustes(x: jax.Array, y: jax.Array, *, squared: bool) -> jax.Array:
     return procrustes_from_cov(jnp.vdot(xc, xc), jnp.vdot(yc, yc), xc.T @ yc, squared=squared)
 
 
+@full_precision
 def procrustes_distance(x: jax.Array, y: jax.Array, *, squared: bool = False) -> jax.Array:
     """Orthogonal Procrustes distance (Ding et al. 2021) of centered, unit-norm representations.
 

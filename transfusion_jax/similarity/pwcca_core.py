@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from transfusion_jax.similarity import cca_core as cca_lib
 from transfusion_jax.similarity import eigh as eigh_lib
 from transfusion_jax.similarity import validation
+from transfusion_jax.similarity.precision import full_precision
 
 
 class PWCCAResult(NamedTuple):
@@ -95,6 +96,7 @@ def pwcca_from_eig(
     return PWCCAResult(jnp.sum(weights * rhos), rhos, weights, count)
 
 
+@full_precision
 @jax.jit
 def pwcca_from_cov(
     sxx: jax.Array,
@@ -123,6 +125,7 @@ def _pwcca_ascending(eig_x, eig_y, sxy, epsilon, rtol) -> PWCCAResult:
                           rtol)
 
 
+@full_precision
 def pwcca(
     x: jax.Array, y: jax.Array, *, epsilon: float = 0.0, rtol: float | None = None
 ) -> PWCCAResult:

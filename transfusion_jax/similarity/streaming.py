@@ -41,6 +41,7 @@ from transfusion_jax.similarity import layout as layout_lib
 from transfusion_jax.similarity import pwcca_core as pwcca_lib
 from transfusion_jax.similarity import svcca_core as svcca_lib
 from transfusion_jax.similarity import validation
+from transfusion_jax.similarity.precision import full_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +156,7 @@ def _update(stats: StreamStats, groups, *, spec: StreamSpec) -> StreamStats:
     return StreamStats(count, stats.shift, total, tuple(cross), row_dot, row_sum, row_feat)
 
 
+@full_precision
 def update(
     stats: StreamStats, batch: layout_lib.Activations, *, spec: StreamSpec, check: bool = True
 ) -> StreamStats:
@@ -273,6 +275,7 @@ def _check_count(stats: StreamStats, minimum: int, what: str) -> None:
         )
 
 
+@full_precision
 def linear_cka(stats: StreamStats, *, spec: StreamSpec, debiased: bool = False) -> jax.Array:
     """Full-data linear CKA (Kornblith et al. 2019) of every pair of the spec: ``(Q,)``.
 
@@ -331,6 +334,7 @@ def _cca_values(stats, epsilon, rtol, *, spec, method, keep, only):
     return out
 
 
+@full_precision
 def cca_similarity(
     stats: StreamStats,
     *,

@@ -24,6 +24,7 @@ import numpy as np
 from transfusion_jax.similarity import cca_core as cca_lib
 from transfusion_jax.similarity import eigh as eigh_lib
 from transfusion_jax.similarity import validation
+from transfusion_jax.similarity.precision import full_precision
 
 
 def keep_mask(lam: jax.Array, keep: float | int) -> jax.Array:
@@ -62,6 +63,7 @@ def _reduced(lam, vec, keep, rtol):
     return cca_lib.whitening(lam, vec, mask), mask
 
 
+@full_precision
 @partial(jax.jit, static_argnames=("keep",))
 def svcca_from_cov(
     sxx: jax.Array,
@@ -110,6 +112,7 @@ def _bucket(k: int, d: int, step: int = 64) -> int:
     return int(min(d, -(-max(k, 1) // step) * step))
 
 
+@full_precision
 def svcca(
     x: jax.Array, y: jax.Array, *, keep: float | int = 0.99, rtol: float | None = None
 ) -> cca_lib.CCAResult:
