@@ -53,10 +53,7 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
                 return pwcca_lib.pwcca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol).mean
             if method == "cca":
                 return cca_lib.cca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol).mean
-            mx = svcca_lib.keep_mask(lx, keep) & cca_lib.rank_mask(lx, rtol)
-            my = svcca_lib.keep_mask(ly, keep) & cca_lib.rank_mask(ly, rtol)
-            wx, wy = cca_lib.whitening(lx, vx, mx), cca_lib.whitening(ly, vy, my)
-            return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my).mean
+            return svcca_lib.svcca_from_eig((lx, vx), (ly, vy), sxy, keep, rtol).mean
 
         out = out.at[q].set(jax.lax.map(one, (li, lj)))
     return out

@@ -223,11 +223,21 @@ def _cca_ascending(eig_x, eig_y, sxy, epsilon, rtol) -> CCAResult:
                         rtol)
 
 
-def prepare_pair(x, y, *, min_examples: int = 2) -> tuple[jax.Array, jax.Array]:
-    """Host checks then conversion to a common float dtype (shared by the CCA family)."""
+def prepare_pair(
+    x, y, rtol: float | None = None, *, min_examples: int = 2
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Host checks, conversion to a common float dtype, and the rank cut in that dtype
+    (`default_rtol` when None): the front end shared by the CCA family.
+
+    Returns:
+      ``x (n, dx)``, ``y (n, dy)`` and ``rtol ()``.
+    """
     validation.check_pair(x, y, min_examples=min_examples, reason="a covariance needs n >= 2")
     dtype = validation.compute_dtype(x, y)
-    return validation.as_float(x, dtype), validation.as_float(y, dtype)
+    x, y = validation.as_float(x, dtype), validation.as_float(y, dtype)
+    if rtol is None:
+        rtol = default_rtol(max(x.shape[1], y.shape[1]), dtype)
+    return x, y, jnp.asarray(rtol, dtype)
 
 
 @full_precision
@@ -249,10 +259,8 @@ def cca(
     Returns:
       `CCAResult` (``rhos``, ``mean``, ``count``).
     """
-    x, y = prepare_pair(x, y)
-    if rtol is None:
-        rtol = default_rtol(max(x.shape[1], y.shape[1]), x.dtype)
-    epsilon, rtol = jnp.asarray(epsilon, x.dtype), jnp.asarray(rtol, x.dtype)
+    x, y, rtol = prepare_pair(x, y, rtol)
+    epsilon = jnp.asarray(epsilon, x.dtype)
     if not validation.is_concrete(x, y):
         return cca_from_cov(*covariances(x, y), epsilon, rtol)
     return _cca_ascending(*covariances_and_eigh(x, y), epsilon, rtol)

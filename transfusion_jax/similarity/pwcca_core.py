@@ -141,10 +141,8 @@ def pwcca(
     Returns:
       `PWCCAResult`; ``mean`` is the PWCCA similarity.
     """
-    x, y = cca_lib.prepare_pair(x, y)
-    if rtol is None:
-        rtol = cca_lib.default_rtol(max(x.shape[1], y.shape[1]), x.dtype)
-    epsilon, rtol = jnp.asarray(epsilon, x.dtype), jnp.asarray(rtol, x.dtype)
+    x, y, rtol = cca_lib.prepare_pair(x, y, rtol)
+    epsilon = jnp.asarray(epsilon, x.dtype)
     if not validation.is_concrete(x, y):
         return pwcca_from_cov(*cca_lib.covariances(x, y), epsilon, rtol)
     return _pwcca_ascending(*cca_lib.covariances_and_eigh(x, y), epsilon, rtol)

@@ -63,6 +63,30 @@ def _reduced(lam, vec, keep, rtol):
     return cca_lib.whitening(lam, vec, mask), mask
 
 
+def svcca_from_eig(
+    eig_x: eigh_lib.Eig,
+    eig_y: eigh_lib.Eig,
+    sxy: jax.Array,
+    keep: float | int = 0.99,
+    rtol: float | jax.Array = 1e-5,
+) -> cca_lib.CCAResult:
+    """SVCCA from the cross-covariance and the covariances' descending eigendecompositions.
+
+    Args:
+      eig_x: ``(lam (dx,), vec (dx, dx))`` of ``S_xx``, eigenvalues descending.
+      eig_y: the same for ``S_yy``.
+      sxy: ``(dx, dy)`` cross-covariance.
+      keep: variance fraction in ``(0, 1]`` or number of directions (static under jit).
+      rtol: relative rank cut applied on top of ``keep``.
+
+    Returns:
+      `CCAResult` with ``min(dx, dy)`` slots; ``count = min(k_x, k_y)``.
+    """
+    wx, mx = _reduced(*eig_x, keep, rtol)
+    wy, my = _reduced(*eig_y, keep, rtol)
+    return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
+
+
 @full_precision
 @partial(jax.jit, static_argnames=("keep",))
 def svcca_from_cov(
@@ -83,10 +107,8 @@ def svcca_from_cov(
     Returns:
       `CCAResult` with ``min(dx, dy)`` slots; ``count = min(k_x, k_y)``.
     """
-    (lx, vx), (ly, vy) = eigh_lib.eigh_descending_pair(sxx, syy)
-    wx, mx = _reduced(lx, vx, keep, rtol)
-    wy, my = _reduced(ly, vy, keep, rtol)
-    return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
+    eig_x, eig_y = eigh_lib.eigh_descending_pair(sxx, syy)
+    return svcca_from_eig(eig_x, eig_y, sxy, keep, rtol)
 
 
 def _kept_whitening(lam_asc, vec_asc, k, keep, rtol):
@@ -134,10 +156,7 @@ def svcca(
       the kept directions are 0.
     """
     _check_keep(keep)
-    x, y = cca_lib.prepare_pair(x, y)
-    if rtol is None:
-        rtol = cca_lib.default_rtol(max(x.shape[1], y.shape[1]), x.dtype)
-    rtol = jnp.asarray(rtol, x.dtype)
+    x, y, rtol = cca_lib.prepare_pair(x, y, rtol)
     if not validation.is_concrete(x, y):
         sxx, syy, sxy = cca_lib.covariances(x, y)
         return svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol)
