@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 from transfusion_jax.config import ConfigError, load_config
 from transfusion_jax.experiments.grid import expand_grid, read_status, run_dir
 from transfusion_jax.experiments.sweep import run_sweep
-from transfusion_jax.train.writer import read_metrics
+from transfusion_jax.runs import read_metrics
 
 SMOKE = "configs/recipe_transfusion.py:smoke"
 
@@ -76,11 +76,11 @@ def test_sweep_trains_every_run_from_the_stage_and_reports(finished_sweep):
 
 
 def test_pretrained_run_starts_from_the_stage_weights(finished_sweep):
-    from transfusion_jax.analysis.trajectory import load_trajectory
+    from transfusion_jax.runs import Run
 
     _, sweep_dir, _ = finished_sweep
-    source = load_trajectory(sweep_dir / "stages/source", (8,)).variables["params"]
-    run = load_trajectory(sweep_dir / "runs/init=pretrained,seed=0", (0,)).variables["params"]
+    source = Run.open(sweep_dir / "stages/source").read_variables(8)["params"]
+    run = Run.open(sweep_dir / "runs/init=pretrained,seed=0").read_variables(0)["params"]
     np.testing.assert_array_equal(run["block2"]["conv"]["kernel"],
                                   source["block2"]["conv"]["kernel"])
     assert not np.array_equal(run["head"]["kernel"], source["head"]["kernel"])  # dont_load

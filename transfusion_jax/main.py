@@ -29,9 +29,9 @@ def _train(config, workdir: str) -> None:
 
 
 def _similarity(config, workdir: str) -> None:
-    from transfusion_jax.analysis.similarity_sweep import run_similarity_sweep
+    from transfusion_jax.analysis.similarity_job import run_similarity_job
 
-    run_similarity_sweep(config, workdir)
+    run_similarity_job(config, workdir)
 
 
 def _sweep(config, workdir: str) -> None:

@@ -32,7 +32,7 @@ from transfusion_jax.experiments import aggregate_plots
 from transfusion_jax.experiments.aggregate_text import conclusion, csv_rows, markdown
 from transfusion_jax.experiments.grid import RUNS_DIR, group_label, read_json, read_status
 from transfusion_jax.experiments.stats import bootstrap_ci, jsonable, paired_speedup, steps_summary
-from transfusion_jax.train.writer import read_metrics
+from transfusion_jax.runs import read_metrics
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
 import ml_collections
 
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
@@ -24,7 +23,7 @@ from transfusion_jax.experiments.grid import (
     read_status,
     run_dir,
 )
-from transfusion_jax.experiments.sweep_similarity import sweep_similarity
+from transfusion_jax.experiments.group_similarity import group_similarity
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def _run_rows(runs: Sequence[GridRun], dirs: Sequence[Path]) -> list[list[str]]:
 def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Path | None:
     """conv1 of each group's first-seed run, at init and trained, side by side."""
     from transfusion_jax.analysis.filters import first_conv_kernel, plot_filter_grids
-    from transfusion_jax.analysis.trajectory import checkpoint_steps, load_trajectory
+    from transfusion_jax.runs import Run
 
     kernels = {}
     seen = set()
@@ -56,10 +55,10 @@ def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Pa
         if group in seen or read_status(d).get("status") != "finished":
             continue
         seen.add(group)
-        traj = load_trajectory(d, (0, checkpoint_steps(d)[-1]))
-        blocks = traj.setup.model.block_names()
-        for c, when in enumerate(("init", "trained")):
-            params = jax.tree.map(lambda v, c=c: v[c], traj.variables["params"])
+        run = Run.open(d)
+        blocks = run.block_names()
+        for step, when in ((0, "init"), (run.latest_step, "trained")):
+            params = run.read_variables(step)["params"]
             kernels[f"{group}, {when}"] = first_conv_kernel(params, blocks)
     if not kernels:
         return None
@@ -84,7 +83,7 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
     finished = [(r, d) for r, d in zip(runs, dirs, strict=True)
                 if read_status(d).get("status") == "finished"]
     if s.similarity and finished:
-        files.update(sweep_similarity(
+        files.update(group_similarity(
             [r for r, _ in finished], [d for _, d in finished], sweep_dir / "similarity",
             max_examples=config.similarity.max_examples, reduction=config.similarity.reduction,
             svcca=config.similarity.svcca))

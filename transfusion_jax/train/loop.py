@@ -19,9 +19,10 @@ import ml_collections
 import numpy as np
 
 from transfusion_jax import parallel
+from transfusion_jax.checkpoints import Checkpointer, abstract_like
 from transfusion_jax.config import ConfigError, to_dict
 from transfusion_jax.data import eval_batches, train_dataset, train_iterator
-from transfusion_jax.train.checkpoint import Checkpointer, abstract_like
+from transfusion_jax.runs import read_metrics
 from transfusion_jax.train.convergence import ConvergenceTracker
 from transfusion_jax.train.evaluate import evaluate
 from transfusion_jax.train.plots import plot_curves
@@ -29,7 +30,7 @@ from transfusion_jax.train.progress import Progress
 from transfusion_jax.train.setup import abstract_state, build_run, initial_state, validate
 from transfusion_jax.train.step import empty_metrics, make_eval_step, make_train_step
 from transfusion_jax.train.summary import write_summary
-from transfusion_jax.train.writer import MetricWriter, read_metrics
+from transfusion_jax.train.writer import MetricWriter
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,10 @@ from transfusion_jax.init import (
     initialize_sequence,
     parse_init_config,
 )
-from transfusion_jax.models import MODELS, build_model
+from transfusion_jax.models import DTYPES, MODELS, model_from_config
 from transfusion_jax.train.losses import LOSSES, resolve_loss
 from transfusion_jax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from transfusion_jax.train.state import TrainState, create_state
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -74,9 +72,7 @@ def build_run(config: ml_collections.ConfigDict) -> RunSetup:
     if loss_name == "softmax" and meta.multi_label:
         raise ConfigError(f"train.loss='softmax' but dataset {meta.name!r} is multi-label; "
                           "use 'sigmoid' or 'auto'")
-    options = dict(config.model.options)
-    model = build_model(config.model.name, meta.num_classes, dtype=DTYPES[config.model.dtype],
-                        **options)
+    model = model_from_config(config.model, meta.num_classes)
     size, channels = config.data.image_size, config.data.channels
     return RunSetup(model=model, meta=meta, train_source=train_source,
                     eval_source=eval_source, tx=make_optimizer(config.train),

@@ -67,11 +67,3 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """Every line of ``workdir/metrics.jsonl``, in order."""
-    path = Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
