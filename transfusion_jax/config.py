@@ -80,9 +80,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.lr_multipliers = ()
     c.train.freeze = ""  # regex: matching parameters are not updated (nor decayed)
 
+    # The main evaluation, "eval": classification metrics on data.eval_split (they drive the
+    # convergence record). More evaluators go in evals (see below).
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 100
     c.eval.batch_size = 256
+    # Named evaluators run while training: {name: {"type": ..., "every_steps": ..., opts}};
+    # types classification | similarity_to_init | weight_change
+    # (transfusion_jax.train.evaluators).
+    c.evals = ml_collections.ConfigDict()
 
     c.convergence = ml_collections.ConfigDict()
     c.convergence.metric = "accuracy"
@@ -146,6 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.options.unlock()
     c.init.options.unlock()
     c.sweep.axes.unlock()
+    c.evals.unlock()
     return c
 
 

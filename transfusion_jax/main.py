@@ -7,14 +7,14 @@ process with one ``error: ...`` line naming the fix and exit status 1.
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 import sys
 from collections.abc import Callable
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from transfusion_jax.api import setup_jax, setup_logging
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (.py).",
                                           lock_config=True)
@@ -67,31 +67,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             SimilarityInputError)
 
 
-def _setup_jax() -> None:
-    import jax
-
-    from transfusion_jax import parallel
-
-    cache = os.environ.get("TFJ_COMPILATION_CACHE", os.path.expanduser("~/.cache/tfj_jax"))
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-    parallel.initialize_distributed()
-
-
-def setup_logging() -> None:
-    """Project messages at INFO on stderr; library chatter (Orbax, absl) at WARNING."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    project = logging.getLogger("transfusion_jax")
-    if not project.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        project.addHandler(handler)
-    project.setLevel(logging.INFO)
-    project.propagate = False
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -101,7 +76,7 @@ def main(argv: list[str]) -> None:
 
     try:
         check_choice("job", config.job, JOBS)
-        _setup_jax()
+        setup_jax()
         JOBS[config.job](config, _WORKDIR.value)
     except _user_errors() as e:
         sys.exit(f"error: {e}")

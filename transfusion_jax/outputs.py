@@ -29,6 +29,13 @@ def pyplot() -> Any:
     return plt
 
 
+def __getattr__(name: str) -> Any:
+    """``from transfusion_jax.outputs import plt``: `pyplot`, imported on first use."""
+    if name == "plt":
+        return pyplot()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 110, **kwargs: Any) -> Path:
     """Saves ``fig`` as ``path`` (its folder created) and closes it; returns the path."""
     path = Path(path)
@@ -38,13 +45,16 @@ def save_figure(fig: Any, path: str | Path, *, dpi: int = 110, **kwargs: Any) ->
     return path
 
 
-def cell(value: Any, *, digits: int = 6) -> Any:
-    """A CSV cell: floats with ``digits`` decimals, NaN / None as an empty cell."""
+def cell(value: Any, *, digits: int | None = 6) -> Any:
+    """A CSV cell: floats with ``digits`` decimals (None: full precision), NaN / None as an
+    empty cell; anything else as it is."""
     if value is None:
         return ""
     if isinstance(value, float) or type(value).__name__.startswith("float"):
         value = float(value)
-        return "" if math.isnan(value) else f"{value:.{digits}f}"
+        if math.isnan(value):
+            return ""
+        return repr(value) if digits is None else f"{value:.{digits}f}"
     return value
 
 
@@ -57,7 +67,7 @@ def nan_to_none(array: Any) -> Any:
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], *,
-              digits: int = 6) -> Path:
+              digits: int | None = 6) -> Path:
     """Writes a CSV table (cells through `cell`); returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +79,7 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
 
 
 def write_csv_dicts(path: str | Path, rows: Sequence[Mapping[str, Any]], *,
-                    header: Sequence[str] = (), digits: int = 6) -> Path:
+                    header: Sequence[str] = (), digits: int | None = 6) -> Path:
     """Writes dict rows as a CSV table; the header is ``header`` or the first row's keys."""
     header = list(header) or (list(rows[0]) if rows else [])
     return write_csv(path, header, ([row.get(k) for k in header] for row in rows),

@@ -10,7 +10,7 @@ import numpy as np
 
 from transfusion_jax.analysis.checkpoint_similarity import CheckpointSimilarity
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
-from transfusion_jax.outputs import pyplot, save_figure
+from transfusion_jax.outputs import plt, save_figure
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -20,7 +20,6 @@ def _fmt(x: float, digits: int = 2) -> str:
 def plot_feature_change(features: CheckpointSimilarity, path: Path) -> Path:
     """Left: per layer, CKA of ``before`` with ``after`` and with each other checkpoint.
     Right: per layer, CKA with ``before`` along the after run's saved steps."""
-    plt = pyplot()
     cka = features.per_layer("linear_cka")  # (L, C, C); 0 = before, 1 = after
     layers, labels = features.layers, features.labels
     along = [i for i, lab in enumerate(labels) if lab.startswith("step ")]

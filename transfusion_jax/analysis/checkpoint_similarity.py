@@ -25,13 +25,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from transfusion_jax.analysis.activations import (
-    layer_names,
-    make_stacked_forward,
-    stacked_activation_batches,
-)
+from transfusion_jax.analysis.activations import make_stacked_forward, stacked_activation_batches
 from transfusion_jax.config import ConfigError
 from transfusion_jax.data import eval_batches, open_source
+from transfusion_jax.models import representation_names
 from transfusion_jax.runs import Run, stack
 from transfusion_jax.similarity import all_pairs, streaming
 
@@ -170,7 +167,7 @@ class CheckpointSimilarity:
 def resolve_layers(stacked: StackedCheckpoints, layers: Sequence[str] = ()) -> list[str]:
     """``layers`` checked against the model's outputs (default: every block and
     ``pre_logits``); raises `ConfigError` listing the valid names."""
-    valid = layer_names(stacked.run.model, stacked.run.input_shape)
+    valid = representation_names(stacked.run.model, stacked.run.input_shape)
     unknown = sorted(set(layers) - set(valid))
     if unknown:
         raise ConfigError(f"layers {unknown} are not outputs of the model; valid: {valid}")

@@ -56,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from transfusion_jax.outputs import save_figure
+
 logger = logging.getLogger(__name__)
 
 # Lucid's square root of the ImageNet colour correlation matrix (``color_correlation_svd_sqrt``).
@@ -287,10 +289,7 @@ def plot_feature_vis(images: np.ndarray, path: str | Path, row_labels: Sequence[
     Returns:
       The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from transfusion_jax.outputs import plt
 
     images = np.asarray(images)
     if images.ndim == 4:
@@ -311,9 +310,4 @@ def plot_feature_vis(images: np.ndarray, path: str | Path, row_labels: Sequence[
                 ax.set_ylabel(row_labels[r], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfusion_jax.outputs import pyplot, save_figure
+from transfusion_jax.outputs import plt, save_figure
 
 LABELS = {"linear_cka": "linear CKA", "svcca": "SVCCA (mean canonical correlation)"}
 
@@ -35,7 +35,6 @@ def plot_similarity(workdir: Path, steps: list[int], layers: list[str],
     Args:
       matrices: name -> ``(C, L, C, L)`` similarity arrays.
     """
-    plt = pyplot()
     names = list(matrices)
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False,
                              constrained_layout=True)
@@ -83,7 +82,6 @@ def plot_per_layer(matrices: np.ndarray, labels: Sequence[str], layers: Sequence
       matrices: ``(L, C, C)`` similarities (NaN cells are left blank).
       labels: the ``C`` row/column labels; layers: the ``L`` panel titles.
     """
-    plt = pyplot()
     num_l, num_c = len(layers), len(labels)
     size = max(2.4, 0.42 * num_c + 1.2)
     fig, axes = plt.subplots(1, num_l, figsize=(size * num_l + 0.8, size + 0.9),

@@ -30,7 +30,7 @@ from transfusion_jax.analysis.checkpoint_similarity import (
 )
 from transfusion_jax.analysis.similarity_plots import plot_per_layer
 from transfusion_jax.experiments.grid import GridRun, group_label
-from transfusion_jax.outputs import nan_to_none, pyplot, save_figure, write_csv_dicts
+from transfusion_jax.outputs import nan_to_none, plt, save_figure, write_csv_dicts
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,6 @@ def group_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir:
 
 
 def _plot_to_init(rows: list[dict], names: list[str], layers: list[str], path: Path) -> Path:
-    plt = pyplot()
     metrics = [m for m in ("linear_cka", "svcca") if m in rows[0]]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
     x = np.arange(len(layers))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from transfusion_jax.config import ConfigError
@@ -74,3 +75,16 @@ def model_from_config(model_config: Any, num_classes: int) -> nn.Module:
                           f"{', '.join(DTYPES)}")
     return build_model(model_config.name, num_classes, dtype=DTYPES[model_config.dtype],
                        **dict(model_config.options))
+
+
+def representation_names(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """The named intermediates a model returns in ``out`` (except ``logits``), in forward
+    order: its blocks first, then ``pre_logits``, then any others by name. Computed from
+    shapes alone (nothing is run)."""
+    def forward(x):
+        variables = model.init(jax.random.PRNGKey(0), x)
+        return model.apply(variables, x)[1]
+
+    names = set(jax.eval_shape(forward, jnp.zeros(input_shape)))
+    order = [b for b in model.block_names() if b in names] + ["pre_logits"]
+    return order + sorted(names - set(order) - {"logits"})

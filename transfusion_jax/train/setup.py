@@ -20,6 +20,7 @@ from transfusion_jax.init import (
     parse_init_config,
 )
 from transfusion_jax.models import DTYPES, MODELS, model_from_config
+from transfusion_jax.train.evaluators import validate_evals
 from transfusion_jax.train.losses import LOSSES, resolve_loss
 from transfusion_jax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from transfusion_jax.train.state import TrainState, create_state
@@ -43,6 +44,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         section, name = key.split(".")
         check_positive(key, config[section][name])
     check_positive("train.schedule.base_lr", config.train.schedule.base_lr)
+    validate_evals(config, num_devices)
     for key, size in (("train.batch_size", config.train.batch_size),
                       ("eval.batch_size", config.eval.batch_size)):
         if size % num_devices or size % jax.process_count():
