@@ -15,6 +15,7 @@ import ml_collections
 
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
 from transfusion_jax.experiments.aggregate_text import summary_table
+from transfusion_jax.experiments.dynamics import write_dynamics
 from transfusion_jax.experiments.grid import (
     GridRun,
     expand_grid,
@@ -87,6 +88,9 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
             [r for r, _ in finished], [d for _, d in finished], sweep_dir / "similarity",
             max_examples=config.similarity.max_examples, reduction=config.similarity.reduction,
             svcca=config.similarity.svcca))
+    if finished:
+        files.update(write_dynamics([r for r, _ in finished], [d for _, d in finished],
+                                    sweep_dir / "dynamics"))
     filters = _filters(runs, dirs, sweep_dir / "filters")
     if filters:
         files["filters_png"] = str(filters)
@@ -126,6 +130,15 @@ def _sections(config, sweep_dir: Path, runs, dirs, agg: dict, files: dict) -> li
             figures=[Figure(files["to_init_png"], "Per layer: similarity of each trained "
                             "model to its own initialisation (1 = unchanged)"),
                      Figure(files["between_png"], "Per layer: CKA between trained models")]))
+    if "dynamics_png" in files:
+        sections.append(Section(
+            "Learning dynamics",
+            ["Logged while training by the runs' evaluators, on a fixed subset of the test "
+             "set: each block's linear CKA with the run's own initialisation (1 = "
+             "unchanged; Transfusion's Fig. 6) and the relative change of its weights. "
+             "Mean over seeds, band from the lowest to the highest seed."],
+            figures=[Figure(files["dynamics_png"], "Per block, per init: similarity to the "
+                            "initialisation and weight change over training")]))
     if "filters_png" in files:
         sections.append(Section("First-layer filters", [], figures=[
             Figure(files["filters_png"], "conv1 filters per init, before and after training "
