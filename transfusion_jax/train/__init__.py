@@ -9,25 +9,12 @@ change), tracks convergence (`convergence`), checkpoints with Orbax
 summary (`plots`, `summary`). Re-running on the same workdir resumes.
 
 Reading a finished run needs none of this: `transfusion_jax.runs` opens it. Import the
-modules themselves; this package imports nothing, so reading a config stays light.
+modules themselves; this package imports none of them, so reading a config stays light.
 
 The package is callable: ``transfusion_jax.train(config, workdir)`` is
 `transfusion_jax.api.train` (a function and a subpackage cannot share the name otherwise).
 """
 
-from __future__ import annotations
+from transfusion_jax.callable_package import make_callable
 
-import sys
-import types
-from typing import Any
-
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, config: Any, workdir: Any = None, overrides: Any = None) -> Any:
-        """`transfusion_jax.api.train`: trains one run and returns it opened (`runs.Run`)."""
-        from transfusion_jax.api import train
-
-        return train(config, workdir, overrides)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, "transfusion_jax.api:train")
