@@ -114,3 +114,96 @@ def test_killed_and_resumed_run_equals_uninterrupted(data_dir, one_device_run, t
                     strict=True):
         assert np.array_equal(a, b)
     assert no_tmp_folders(tmp_path)
+
+
+# -- a study's runs trained together (transfusion_jax.train.group) ---------------------------
+
+GROUP_STEPS = 40
+GROUP_OVERRIDES = ("--config.job=sweep", "--config.sweep.seeds=(0,1,2)",
+                   "--config.sweep.similarity=False", f"--config.train.steps={GROUP_STEPS}",
+                   "--config.checkpoint.every_steps=4", "--config.checkpoint.keep_last=20",
+                   "--config.checkpoint.keep_every=0")
+SEEDS = ("seed=0", "seed=1", "seed=2")
+
+
+def run_params(workdir, step=GROUP_STEPS) -> list[np.ndarray]:
+    from transfusion_jax.runs import Run
+
+    return jax.tree.leaves(Run.open(workdir).read_variables(step))
+
+
+@pytest.fixture(scope="module")
+def group_sweep(data_dir, tmp_path_factory):
+    """Three seeds of the quickstart's smoke model as a sweep, trained together, unbroken."""
+    sweep_dir = tmp_path_factory.mktemp("group_sweep")
+    check_ok(run_cli(sweep_dir, data_dir, *GROUP_OVERRIDES))
+    return sweep_dir
+
+
+def test_killed_vectorised_sweep_resumes_equal_to_uninterrupted(data_dir, group_sweep,
+                                                                tmp_path):
+    import json
+
+    proc = subprocess.Popen(cli_args(tmp_path, data_dir, *GROUP_OVERRIDES), cwd=ROOT,
+                            env=cli_env(1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(p.name) for p in tmp_path.glob("runs/*/checkpoints/*") if p.name.isdigit()]
+        if steps and max(steps) >= 8:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    statuses = {p.parent.name: json.loads(p.read_text())["status"]
+                for p in tmp_path.glob("runs/*/sweep_run.json")}
+    assert statuses == dict.fromkeys(SEEDS, "running")
+    check_ok(run_cli(tmp_path, data_dir, *GROUP_OVERRIDES))
+    for name in SEEDS:
+        assert np.array_equal(losses(tmp_path / "runs" / name),
+                              losses(group_sweep / "runs" / name))
+        for a, b in zip(run_params(tmp_path / "runs" / name),
+                        run_params(group_sweep / "runs" / name), strict=True):
+            assert np.array_equal(a, b), name
+    assert no_tmp_folders(tmp_path)
+
+
+SHARDED_GROUPS = """
+import sys
+from pathlib import Path
+import jax
+from tests.conftest import smoke_config
+from transfusion_jax.train.group.loop import prepare_group, train_group
+
+data_dir, out = sys.argv[1], Path(sys.argv[2])
+assert len(jax.devices()) == 8
+for tag, seeds, devices in (("one_device", 8, jax.devices()[:1]), ("runs", 8, None),
+                            ("runs_x_data", 4, None)):
+    runs = [(f"seed={s}", smoke_config(data_dir, seed=s), out / tag / f"seed={s}")
+            for s in range(seeds)]
+    group = prepare_group(runs, devices)
+    print(tag, dict(group.mesh.shape), flush=True)
+    assert all(r.error is None for r in train_group(group))
+"""
+
+
+def test_run_axis_sharded_over_eight_devices_equals_one_device(data_dir, tmp_path):
+    """8 runs on 8 devices (``runs`` = 8), and 4 runs on a 4 x 2 ``runs`` x ``data`` mesh,
+    equal the same runs stacked on one device."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SHARDED_GROUPS, data_dir, str(tmp_path)],
+                          cwd=ROOT, env=cli_env(8), capture_output=True, text=True,
+                          timeout=600)
+    check_ok(proc)
+    assert "runs {'runs': 8, 'data': 1}" in proc.stdout
+    assert "runs_x_data {'runs': 4, 'data': 2}" in proc.stdout
+    for tag, seeds in (("runs", 8), ("runs_x_data", 4)):
+        for s in range(seeds):
+            run, reference = (tmp_path / t / f"seed={s}" for t in (tag, "one_device"))
+            np.testing.assert_allclose(losses(run), losses(reference), rtol=2e-4)
+            np.testing.assert_allclose(losses(run, "eval"), losses(reference, "eval"),
+                                       rtol=2e-4)
+            for a, b in zip(run_params(run, 12), run_params(reference, 12), strict=True):
+                np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)

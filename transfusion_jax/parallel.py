@@ -6,12 +6,19 @@ sharded along it (`batch_sharding`); parameters and optimizer state are replicat
 (`replicated`). Under `jit`, a mean over the batch axis (a loss, BatchNorm statistics) is a
 global mean: XLA inserts the all-reduce, so no `axis_name` plumbing is needed.
 
+Runs of a study trained together (`transfusion_jax.train.group`) use a 2-D mesh,
+``runs`` x ``data`` (`grid_mesh`): states stacked on a leading run axis are sharded over
+``runs`` (`run_sharding`), each run's batch over ``data`` within its row of devices
+(`run_batch_sharding`). The ``data`` axis is the one that spans processes, so every process
+holds its rows of every run's batch, as the input pipeline reads them.
+
 Multi-process runs call `initialize_distributed` first (a no-op for one process). Only
 process 0 writes files (`is_writer`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"
 
 
 def initialize_distributed(
@@ -61,6 +69,45 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh named ``data`` over `devices` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def grid_mesh(num_runs: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 2-D mesh ``(runs, data)`` for ``num_runs`` runs trained side by side.
+
+    The ``runs`` axis takes ``gcd(num_runs, devices per process)`` devices, so it divides the
+    run axis and stays within a process; the ``data`` axis takes the rest, across processes.
+    On one device both axes have size 1.
+
+    Args:
+      num_runs: the length of the stacked run axis.
+      devices: default every device of every process (each process the same number).
+
+    Returns:
+      A `Mesh` with axes ``("runs", "data")``.
+    """
+    devices = sorted(jax.devices() if devices is None else devices,
+                     key=lambda d: (d.process_index, d.id))
+    processes = sorted({d.process_index for d in devices})
+    per_process = len(devices) // len(processes)
+    if per_process * len(processes) != len(devices):
+        raise ValueError(f"{len(devices)} devices are not spread evenly over "
+                         f"{len(processes)} processes")
+    runs = math.gcd(num_runs, per_process)
+    grid = (np.asarray(devices, dtype=object)
+            .reshape(len(processes), runs, per_process // runs)
+            .transpose(1, 0, 2).reshape(runs, -1))
+    return Mesh(grid, (RUNS_AXIS, DATA_AXIS))
+
+
+def run_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of arrays stacked on a leading run axis (states, per-run scalars)."""
+    return NamedSharding(mesh, PartitionSpec(RUNS_AXIS))
+
+
+def run_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of stacked batches ``(runs, batch, ...)``: runs over ``runs``, rows over
+    ``data``."""
+    return NamedSharding(mesh, PartitionSpec(RUNS_AXIS, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -109,10 +156,31 @@ def make_global_batch(mesh: Mesh, local_batch: Any) -> Any:
     return jax.tree.map(put, local_batch)
 
 
+def make_run_batch(mesh: Mesh, local_batch: Any) -> Any:
+    """Stacked batches ``(runs, B / process_count, ...)`` of this process -> global arrays
+    ``(runs, B, ...)`` sharded by `run_batch_sharding` (the rows as in `make_global_batch`)."""
+    sharding = run_batch_sharding(mesh)
+
+    def put(x: np.ndarray) -> jax.Array:
+        global_shape = (x.shape[0], x.shape[1] * jax.process_count(), *x.shape[2:])
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return jax.tree.map(put, local_batch)
+
+
+def place_runs(mesh: Mesh, tree: Any) -> Any:
+    """Places a pytree stacked on a leading run axis (identical on every process) sharded
+    by `run_sharding`."""
+    return _place(tree, run_sharding(mesh))
+
+
 def replicate(mesh: Mesh, tree: Any) -> Any:
     """Places a pytree (identical on every process) whole on every device of every process."""
-    sharding = replicated(mesh)
+    return _place(tree, replicated(mesh))
 
+
+def _place(tree: Any, sharding: NamedSharding) -> Any:
+    """Host copies of ``tree``'s leaves (the same on every process) laid out by ``sharding``."""
     def put(x: Any) -> jax.Array:
         host = np.asarray(jax.device_get(x))
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

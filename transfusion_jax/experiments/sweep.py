@@ -1,4 +1,4 @@
-"""The sweep job: train every run of a grid, one after another, then aggregate and report.
+"""The sweep job: train every run of a grid, then aggregate and report.
 
 ``python -m transfusion_jax.main --config=configs/recipe_transfusion.py --workdir=SWEEP``
 
@@ -11,9 +11,12 @@ Layout of the sweep's workdir::
     SWEEP/filters/            first-layer filters per init
     SWEEP/report.html, report.md
 
-Re-running the command skips finished runs (their ``sweep_run.json`` says so and their
-config is unchanged) and resumes runs that were cut off from their last checkpoint. A run
-whose loss becomes NaN is recorded as failed and the sweep goes on. With
+Runs that differ only in seed, init and learning-rate schedule train together as one
+compiled program (``sweep.vectorize``, default True; `transfusion_jax.train.group`, groups
+from `grouping`); a run that shares its settings with no other trains alone, with a log line
+saying why. Re-running the command skips finished runs (their ``sweep_run.json`` says so and
+their config is unchanged) and resumes runs that were cut off from their last checkpoint. A
+run whose loss becomes NaN is recorded as failed and the sweep goes on. With
 ``sweep.num_shards = N`` host ``i`` (``sweep.shard_index``) trains ``runs[i::N]``; stages are
 trained by shard 0 and awaited by the others; the last shard to finish writes the report
 (or run ``job = aggregate`` on the sweep's workdir afterwards).
@@ -33,11 +36,15 @@ from transfusion_jax import parallel
 from transfusion_jax.config import ConfigError, check_positive, to_dict
 from transfusion_jax.experiments.grid import (
     STATUS_FILE,
+    GridRun,
     expand_grid,
     read_status,
     run_dir,
     stage_configs,
 )
+from transfusion_jax.experiments.grouping import plan_groups, why_alone
+from transfusion_jax.train.group.loop import PreparedGroup, prepare_group, train_group
+from transfusion_jax.train.group.rules import differences, shared_settings
 from transfusion_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -54,18 +61,34 @@ def _write_status(run_dir: Path, **status: Any) -> None:
     tmp.replace(run_dir / STATUS_FILE)  # atomic: never a half-written status
 
 
+# How runs are trained, not what they are: changing these does not make a finished run stale.
+HOW_KEYS = ("vectorize", "max_group_size")
+
+
+def _what(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's JSON config without the `HOW_KEYS` of its sweep section."""
+    sweep = {k: v for k, v in config.get("sweep", {}).items() if k not in HOW_KEYS}
+    return {**config, "sweep": sweep}
+
+
+def _finished(name: str, config: ml_collections.ConfigDict, run_dir: Path) -> bool:
+    """Whether the run finished before (then it is skipped); refuses a changed config."""
+    status = read_status(run_dir)
+    if status.get("status") != "finished":
+        return False
+    if _what(status.get("config", {})) != _what(to_dict(config)):
+        raise ConfigError(f"{run_dir} finished with a different config; delete it or use a "
+                          "new sweep workdir")
+    log.info("sweep: %s already finished, skipped", name)
+    return True
+
+
 def _train_once(name: str, axes: dict[str, str], seed: int,
                 config: ml_collections.ConfigDict, run_dir: Path) -> str:
     """Trains (or resumes, or skips) one run; returns its final status."""
-    status = read_status(run_dir)
-    plain = to_dict(config)
-    if status.get("status") == "finished":
-        if status.get("config") != plain:
-            raise ConfigError(f"{run_dir} finished with a different config; delete it or use a "
-                              "new sweep workdir")
-        log.info("sweep: %s already finished, skipped", name)
+    if _finished(name, config, run_dir):
         return "finished"
-    common = {"name": name, "axes": axes, "seed": seed, "config": plain}
+    common = {"name": name, "axes": axes, "seed": seed, "config": to_dict(config)}
     _write_status(run_dir, status="running", **common)
     start = time.perf_counter()
     try:
@@ -76,6 +99,48 @@ def _train_once(name: str, axes: dict[str, str], seed: int,
         return "failed"
     _write_status(run_dir, status="finished", seconds=time.perf_counter() - start, **common)
     return "finished"
+
+
+def _plan(config: ml_collections.ConfigDict, runs: list[GridRun],
+          sweep_dir: Path) -> list[tuple[list[GridRun], PreparedGroup | None]]:
+    """The unfinished runs as groups trained together (checked and built, nothing written)
+    or runs trained alone (``None``), in grid order."""
+    todo = [r for r in runs if not _finished(r.name, r.config, run_dir(sweep_dir, r))]
+    if not config.sweep.vectorize:
+        return [([r], None) for r in todo]
+    plan = []
+    for group in plan_groups(todo, lambda r: shared_settings(r.config),
+                             config.sweep.max_group_size):
+        if len(group) == 1:
+            log.info("sweep: %s trains alone: %s", group[0].name, why_alone(
+                group[0], todo, lambda a, b: differences(a.config, b.config),
+                lambda r: r.name))
+            plan.append((group, None))
+            continue
+        plan.append((group, prepare_group([(r.name, r.config, run_dir(sweep_dir, r))
+                                           for r in group])))
+    return plan
+
+
+def _train_group(runs: list[GridRun], prepared: PreparedGroup,
+                 sweep_dir: Path) -> dict[str, str]:
+    """Trains a group of runs together; returns each run's final status."""
+    common = {r.name: {"name": r.name, "axes": r.axes, "seed": r.seed,
+                       "config": to_dict(r.config), "trained_with": len(runs)} for r in runs}
+    for r in runs:
+        _write_status(run_dir(sweep_dir, r), status="running", **common[r.name])
+    start = time.perf_counter()
+    statuses = {}
+    for r, result in zip(runs, train_group(prepared), strict=True):
+        if result.error is not None:
+            _write_status(run_dir(sweep_dir, r), status="failed", error=result.error,
+                          **common[r.name])
+            statuses[r.name] = "failed"
+        else:
+            _write_status(run_dir(sweep_dir, r), status="finished",
+                          seconds=time.perf_counter() - start, **common[r.name])
+            statuses[r.name] = "finished"
+    return statuses
 
 
 def _stages(config: ml_collections.ConfigDict, sweep_dir: Path) -> None:
@@ -96,12 +161,17 @@ def _stages(config: ml_collections.ConfigDict, sweep_dir: Path) -> None:
             waited += 10
 
 
-def _check_shards(config: ml_collections.ConfigDict) -> None:
+def _check_sweep(config: ml_collections.ConfigDict) -> None:
     s = config.sweep
     check_positive("sweep.num_shards", s.num_shards)
     if not 0 <= s.shard_index < s.num_shards:
         raise ConfigError(f"sweep.shard_index={s.shard_index} must be in [0, "
                           f"{s.num_shards})")
+    if not isinstance(s.vectorize, bool):
+        raise ConfigError(f"sweep.vectorize={s.vectorize!r} is not valid; choose True (runs "
+                          "that differ only in seed, init and schedule train together) or "
+                          "False (one run after another, the fallback)")
+    check_positive("sweep.max_group_size", s.max_group_size, allow_zero=True)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -111,21 +181,27 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
       ``{"runs": {name: status}, "report": files or None}``.
     """
     sweep_dir = Path(workdir).absolute()
-    _check_shards(config)
+    _check_sweep(config)
     runs = expand_grid(config, sweep_dir)
     mine = runs[config.sweep.shard_index::config.sweep.num_shards]
     log.info("sweep: %d runs (%d on this shard) in %s", len(runs), len(mine), sweep_dir)
+    plan = _plan(config, mine, sweep_dir)
     _stages(config, sweep_dir)
-    statuses: dict[str, str] = {}
+    statuses: dict[str, str] = {r.name: "finished" for r in mine}  # finished before
     start = time.perf_counter()
-    for i, run in enumerate(mine):
+    for i, (group, prepared) in enumerate(plan):
         eta = ""
         if i:
-            per_run = (time.perf_counter() - start) / i
-            eta = f", about {per_run * (len(mine) - i) / 60:.1f} min left"
-        log.info("sweep: run %d/%d %s%s", i + 1, len(mine), run.name, eta)
-        statuses[run.name] = _train_once(run.name, run.axes, run.seed, run.config,
-                                         run_dir(sweep_dir, run))
+            per_part = (time.perf_counter() - start) / i
+            eta = f", about {per_part * (len(plan) - i) / 60:.1f} min left"
+        names = group[0].name if len(group) == 1 else f"{len(group)} runs together"
+        log.info("sweep: part %d/%d: %s%s", i + 1, len(plan), names, eta)
+        if prepared is None:
+            run = group[0]
+            statuses[run.name] = _train_once(run.name, run.axes, run.seed, run.config,
+                                             run_dir(sweep_dir, run))
+        else:
+            statuses.update(_train_group(group, prepared, sweep_dir))
     failed = [name for name, status in statuses.items() if status == "failed"]
     if failed:
         log.warning("sweep: %d run(s) failed and are reported as such: %s", len(failed),

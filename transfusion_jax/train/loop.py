@@ -129,18 +129,8 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
         ckpt.save(0, state, iterator.get_state(), _meta(config, 0, tracker, last, 0.0))
 
     def run_eval(evaluator, step: int) -> None:
-        result = evaluator.run(state, step)
-        last[evaluator.name] = result
-        writer.write(step, evaluator.name, result)
-        if evaluator.name != MAIN:
-            return
-        if tracker.update(step, result):
-            log.info("convergence: eval %s reached %s at step %d", tracker.metric,
-                     tracker.threshold, step)
-        if tracker.step == step or (step == total and tracker.step is None):
-            writer.write(step, "convergence", {"threshold": tracker.threshold,
-                                               "reached": float(tracker.step is not None),
-                                               "steps_to_threshold": tracker.step or np.nan})
+        _record_eval(evaluator.name, evaluator.run(state, step), step, total, writer, tracker,
+                     last)
 
     metrics = empty_metrics(mesh)
     pending: list[jax.Array] = []
@@ -178,6 +168,25 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
         if evaluator.name not in last:
             run_eval(evaluator, total)
     return _finish(config, workdir, tracker, last, elapsed, progress, ckpt)
+
+
+def _record_eval(name: str, result: dict[str, float], step: int, total: int,
+                 writer: MetricWriter, tracker: ConvergenceTracker, last: dict,
+                 run: str = "") -> None:
+    """Logs one evaluator's result; the main one's feeds the convergence record, whose line
+    is written at the step it is reached (or at the last step, saying it was not). ``run``
+    names the run in the log line (runs trained together)."""
+    last[name] = result
+    writer.write(step, name, result)
+    if name != MAIN:
+        return
+    if tracker.update(step, result):
+        log.info("convergence: %seval %s reached %s at step %d", f"{run}: " if run else "",
+                 tracker.metric, tracker.threshold, step)
+    if tracker.step == step or (step == total and tracker.step is None):
+        writer.write(step, "convergence", {"threshold": tracker.threshold,
+                                           "reached": float(tracker.step is not None),
+                                           "steps_to_threshold": tracker.step or np.nan})
 
 
 def _saved_results(saved: dict[str, Any]) -> dict[str, dict[str, float]]:

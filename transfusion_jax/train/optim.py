@@ -140,17 +140,25 @@ def make_schedule(train_config: Any) -> optax.Schedule:
     return SCHEDULES[train_config.schedule.name](train_config.schedule, train_config.steps)
 
 
-def make_optimizer(train_config: Any) -> optax.GradientTransformation:
+def make_optimizer(train_config: Any,
+                   learning_rate: optax.Schedule | None = None) -> optax.GradientTransformation:
     """The full update rule: [clip] -> [weight decay] -> optimizer with schedule ->
-    [per-parameter learning-rate factors]."""
+    [per-parameter learning-rate factors].
+
+    Args:
+      train_config: ``config.train``.
+      learning_rate: a schedule ``count -> rate`` used instead of `make_schedule`'s (runs
+        trained together read theirs from a table); the optimizer state's structure is the
+        same either way.
+    """
     parts = []
     if train_config.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
     if train_config.weight_decay:
         parts.append(optax.add_decayed_weights(train_config.weight_decay,
                                                mask=decay_mask(train_config.weight_decay_mask)))
-    parts.append(OPTIMIZERS[train_config.optimizer.name](make_schedule(train_config),
-                                                         train_config.optimizer))
+    schedule = learning_rate if learning_rate is not None else make_schedule(train_config)
+    parts.append(OPTIMIZERS[train_config.optimizer.name](schedule, train_config.optimizer))
     if train_config.lr_multipliers or train_config.freeze:
         parts.append(scale_by_factors(tuple(train_config.lr_multipliers),
                                       train_config.freeze))

@@ -3,6 +3,8 @@
 Both are compiled once with `jax.jit` over the data mesh (`transfusion_jax.parallel`):
 the state is replicated and donated, batches are sharded on their leading axis, and the
 batch means inside (loss, BatchNorm statistics) are global means over every device.
+`train_step_fn` and `eval_step_fn` are the same steps before compilation, which
+`transfusion_jax.train.group` maps over stacked runs.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from transfusion_jax.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_name: str,
-                    multi_label: bool, mesh: Mesh) -> Callable:
-    """Returns ``step(state, metrics, batch) -> (state, metrics, loss)``, jitted and donated.
+def train_step_fn(model: nn.Module, tx: optax.GradientTransformation, loss_name: str,
+                  multi_label: bool) -> Callable:
+    """Returns ``step(state, metrics, batch) -> (state, metrics, loss)``, not compiled.
 
     ``metrics`` is a `LossAccuracy` collection accumulated since the last reset; ``loss`` is
     the scalar loss of this batch (used to catch NaN/inf at the step it appears).
@@ -52,16 +54,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_nam
             accuracy=per_example_accuracy(logits, batch["label"], multi_label))
         return new_state, metrics.merge(batch_metrics), per_example.mean()
 
+    return step
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_name: str,
+                    multi_label: bool, mesh: Mesh) -> Callable:
+    """`train_step_fn` jitted over ``mesh``: the state replicated and donated, the batch
+    sharded."""
+    step = train_step_fn(model, tx, loss_name, multi_label)
     replicated = parallel.replicated(mesh)
     return jax.jit(step, in_shardings=(replicated, replicated, parallel.batch_sharding(mesh)),
                    out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
 
 
-def make_eval_step(model: nn.Module, loss_name: str, multi_label: bool, mesh: Mesh) -> Callable:
-    """Returns ``step(variables, batch) -> (LossAccuracy, logits)``, jitted.
+def eval_step_fn(model: nn.Module, loss_name: str, multi_label: bool) -> Callable:
+    """Returns ``step(variables, batch) -> (LossAccuracy, logits (b, k))``, not compiled.
 
-    ``batch["mask"]`` (1 = real example) keeps padding out of the metrics; the logits
-    ``(b, k)`` stay sharded for the caller to gather for ranking metrics.
+    ``batch["mask"]`` (1 = real example) keeps padding out of the metrics.
     """
     loss_fn = LOSSES[loss_name]
 
@@ -73,6 +82,13 @@ def make_eval_step(model: nn.Module, loss_name: str, multi_label: bool, mesh: Me
             mask=batch["mask"])
         return metrics, logits
 
+    return step
+
+
+def make_eval_step(model: nn.Module, loss_name: str, multi_label: bool, mesh: Mesh) -> Callable:
+    """`eval_step_fn` jitted over ``mesh``; the logits ``(b, k)`` stay sharded for the
+    caller to gather for ranking metrics."""
+    step = eval_step_fn(model, loss_name, multi_label)
     return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                    out_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)))
 

@@ -19,6 +19,8 @@ Types (`EVALUATORS`, each a module with its ``OPTIONS`` and ``build``):
 An evaluator runs every ``every_steps`` steps and at the last step; its values go to
 ``metrics.jsonl`` (``split`` = the evaluator's name, keys ``<metric>/<block>``, i.e.
 ``<name>/<metric>/<block>`` in full), TensorBoard, the run's ``curves.png`` and summary.
+Each type also evaluates a group of runs trained together in one compiled pass
+(``build_group``, `build_group_evaluators`), each run getting the values it would log alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import ml_collections
 
 from transfusion_jax.config import ConfigError, check_choice, check_positive
 from transfusion_jax.train.evaluators import classification, similarity_to_init, weight_change
-from transfusion_jax.train.evaluators.base import EvalContext, Evaluator
+from transfusion_jax.train.evaluators.base import EvalContext, Evaluator, GroupEvaluator
 
 EVALUATORS: dict[str, ModuleType] = {
     "classification": classification,
@@ -95,5 +97,16 @@ def build_evaluators(config: ml_collections.ConfigDict,
     return evaluators
 
 
-__all__ = ["EVALUATORS", "MAIN", "EvalContext", "Evaluator", "build_evaluators",
-           "validate_evals"]
+def build_group_evaluators(config: ml_collections.ConfigDict,
+                           context: EvalContext) -> list[GroupEvaluator]:
+    """The evaluators of a group of runs trained together (their common ``config``), the
+    main one first; ``context.initial_variables`` holds every run's, stacked."""
+    evaluators = []
+    for name, spec in _specs(config).items():
+        module, options = _options(name, spec)
+        evaluators.append(module.build_group(name, options, context))
+    return evaluators
+
+
+__all__ = ["EVALUATORS", "MAIN", "EvalContext", "Evaluator", "GroupEvaluator",
+           "build_evaluators", "build_group_evaluators", "validate_evals"]

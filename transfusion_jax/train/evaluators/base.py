@@ -8,7 +8,11 @@ An evaluator type is one module with
   step-0 representations it compares against;
 - the evaluator's ``run(state, step) -> {metric: float}``: one evaluation of the train
   state, the keys ``<metric>`` or ``<metric>/<block>`` (the loop logs them under the
-  evaluator's name: ``<name>/<metric>/<block>``).
+  evaluator's name: ``<name>/<metric>/<block>``);
+- ``build_group(name, options, context) -> GroupEvaluator``: the same evaluation of a group
+  of runs trained together (`transfusion_jax.train.group`), ``context.initial_variables``
+  stacked on a leading run axis; its ``run(stacked_state, step)`` evaluates every run in
+  one compiled pass and gives each run the values it would log trained alone.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
+import jax
 import ml_collections
 from jax.sharding import Mesh
 
@@ -36,7 +41,8 @@ class EvalContext:
       loss_name: the training loss (``softmax`` / ``sigmoid``).
       blocks: the model's blocks in forward order (``model.block_names()``).
       initial_variables: the step-0 model variables ``{"params", "batch_stats"}`` (host
-        arrays): the run's initialisation, read from checkpoint 0 on resume.
+        arrays): the run's initialisation, read from checkpoint 0 on resume. For a group,
+        every run's, stacked on a leading run axis.
     """
 
     model: nn.Module
@@ -57,3 +63,24 @@ class Evaluator(Protocol):
     def run(self, state: Any, step: int) -> dict[str, float]:
         """Evaluates ``state`` (a `TrainState`) at ``step``; returns scalars by key."""
         ...
+
+
+class GroupEvaluator(Protocol):
+    """One named evaluation of every run of a group, on the same schedule."""
+
+    name: str
+    every_steps: int
+
+    def run(self, state: Any, step: int) -> list[dict[str, float]]:
+        """Evaluates the stacked ``state`` at ``step``; returns one result per run."""
+        ...
+
+
+def split_runs(values: dict[str, Any], keys: Sequence[str] | None = None
+               ) -> list[dict[str, float]]:
+    """``{key: (R,) array}`` (on any device) -> ``R`` dicts ``{key: float}``, keys in the
+    order of ``keys`` (default: ``values``')."""
+    host = jax.device_get(values)
+    keys = list(keys if keys is not None else host)
+    num_runs = len(host[keys[0]]) if keys else 0
+    return [{k: float(host[k][r]) for k in keys} for r in range(num_runs)]

@@ -8,7 +8,8 @@ its linear CKA (Kornblith et al. 2019; biased unless ``debiased``), and optional
 (Raghu et al. 2017), with the step-0 representation of the same block on the same examples.
 The step-0 representations are computed once, when training starts (from checkpoint 0 when a
 run resumes), and kept on the device; each evaluation is one compiled call: the forward pass
-over the subset in chunks of ``batch_size`` and the similarities of every block. The values
+over the subset in chunks of ``batch_size`` and the similarities of every block (of every
+run, for a group of runs trained together: `build_group`). The values
 equal those of the similarity job run afterwards on the checkpoint of that step with the same
 examples (a test).
 
@@ -31,7 +32,7 @@ from transfusion_jax.config import ConfigError, check_choice
 from transfusion_jax.data import first_examples, open_source
 from transfusion_jax.models import representation_names
 from transfusion_jax.similarity import REDUCTIONS, linear_cka, reduce_conv, svcca
-from transfusion_jax.train.evaluators.base import EvalContext
+from transfusion_jax.train.evaluators.base import EvalContext, split_runs
 
 OPTIONS = {"every_steps": 25, "examples": 512, "batch_size": 256, "split": "",
            "layers": (), "reduction": "mean_pool", "debiased": False, "svcca": False,
@@ -72,6 +73,16 @@ def _similarities(model: Any, layers: tuple[str, ...], reduction: str, rows: tup
     return jax.jit(evaluate)
 
 
+@functools.cache
+def _group_similarities(model: Any, layers: tuple[str, ...], reduction: str,
+                        rows: tuple[int, ...], debiased: bool, with_svcca: bool,
+                        keep: float) -> Callable:
+    """`_similarities` mapped over stacked runs (variables and references; the images are
+    shared): ``g(variables (R, ...), chunks, reference (R, rows, d)) -> {key: (R,)}``."""
+    one = _similarities(model, layers, reduction, rows, debiased, with_svcca, keep)
+    return jax.jit(jax.vmap(one, in_axes=(0, None, 0)))
+
+
 @dataclasses.dataclass
 class SimilarityToInit:
     name: str
@@ -94,7 +105,9 @@ def _chunks(images: np.ndarray, batch_size: int) -> np.ndarray:
     return padded.reshape(-1, b, *images.shape[1:])
 
 
-def build(name: str, options: dict[str, Any], context: EvalContext) -> SimilarityToInit:
+def _subset(name: str, options: dict[str, Any],
+            context: EvalContext) -> tuple[tuple[str, ...], np.ndarray]:
+    """The checked layers and the fixed evaluation images ``(n, h, w, c)``."""
     check_choice(f"evals.{name}.reduction", options["reduction"], REDUCTIONS)
     valid = representation_names(context.model, (1, context.data.image_size,
                                                   context.data.image_size,
@@ -107,15 +120,56 @@ def build(name: str, options: dict[str, Any], context: EvalContext) -> Similarit
     source, _ = open_source(context.data, options["split"] or context.data.eval_split)
     images = first_examples(source, context.data, int(options["examples"]),
                             context.data.num_threads)["image"]
+    return layers, images
+
+
+def _rows(widths: list[int], chunks: jax.Array, num_images: int) -> tuple[int, ...]:
+    """Real rows of each layer's representation, from its padded row count ``widths``."""
+    return tuple(num_images * (w // chunks.shape[0] // chunks.shape[1]) for w in widths)
+
+
+def _similarity_options(options: dict[str, Any]) -> tuple[bool, bool, float]:
+    return bool(options["debiased"]), bool(options["svcca"]), float(options["svcca_keep"])
+
+
+def build(name: str, options: dict[str, Any], context: EvalContext) -> SimilarityToInit:
+    layers, images = _subset(name, options, context)
     mesh = context.mesh
     chunks = parallel.replicate(mesh, _chunks(images, int(options["batch_size"])))
     initial = parallel.replicate(mesh, context.initial_variables)
     reps = _representations(context.model, layers, options["reduction"])(initial, chunks)
-    per_example = [r.shape[0] // chunks.shape[0] // chunks.shape[1] for r in reps]
-    rows = tuple(len(images) * p for p in per_example)
+    rows = _rows([r.shape[0] for r in reps], chunks, len(images))
     reference = tuple(r[:n] for r, n in zip(reps, rows, strict=True))
     evaluate = _similarities(context.model, layers, options["reduction"], rows,
-                             bool(options["debiased"]), bool(options["svcca"]),
-                             float(options["svcca_keep"]))
+                             *_similarity_options(options))
     return SimilarityToInit(name, int(options["every_steps"]), layers, evaluate, chunks,
                             reference)
+
+
+@dataclasses.dataclass
+class GroupSimilarityToInit:
+    name: str
+    every_steps: int
+    evaluate: Callable
+    chunks: jax.Array
+    reference: tuple[jax.Array, ...]  # each (R, rows, d)
+
+    def run(self, state: Any, step: int) -> list[dict[str, float]]:
+        return split_runs(self.evaluate(state.variables, self.chunks, self.reference))
+
+
+def build_group(name: str, options: dict[str, Any],
+                context: EvalContext) -> GroupSimilarityToInit:
+    """Every run of a group against its own step-0 representations, one compiled call."""
+    layers, images = _subset(name, options, context)
+    mesh = context.mesh
+    chunks = parallel.replicate(mesh, _chunks(images, int(options["batch_size"])))
+    initial = parallel.place_runs(mesh, context.initial_variables)
+    reps_fn = _representations(context.model, layers, options["reduction"])
+    reps = jax.jit(jax.vmap(reps_fn, in_axes=(0, None)))(initial, chunks)
+    rows = _rows([r.shape[1] for r in reps], chunks, len(images))
+    reference = tuple(r[:, :n] for r, n in zip(reps, rows, strict=True))
+    evaluate = _group_similarities(context.model, layers, options["reduction"], rows,
+                                   *_similarity_options(options))
+    return GroupSimilarityToInit(name, int(options["every_steps"]), evaluate, chunks,
+                                 reference)

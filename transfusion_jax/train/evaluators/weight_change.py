@@ -12,7 +12,8 @@ The same definitions, and the same values for degenerate cases, as the after-the
 analysis (`transfusion_jax.analysis.weight_change`): a filter constant at either end has
 correlation 1 when unchanged, else 0; a relative change with a zero ``||W0||`` is 0 when
 nothing moved, else infinite. The step-0 kernels are copied to the device once; each
-evaluation is one compiled call over every block.
+evaluation is one compiled call over every block (over every block of every run, for a
+group of runs trained together: `build_group`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from transfusion_jax import parallel
-from transfusion_jax.train.evaluators.base import EvalContext
+from transfusion_jax.train.evaluators.base import EvalContext, split_runs
 
 OPTIONS = {"every_steps": 25}
 
@@ -88,6 +89,12 @@ def _step(blocks: tuple[str, ...]) -> Callable:
     return jax.jit(evaluate)
 
 
+@functools.cache
+def _group_step(blocks: tuple[str, ...]) -> Callable:
+    """`_step` mapped over stacked runs: ``f(params (R, ...), initial (R, ...))``."""
+    return jax.jit(jax.vmap(_step(blocks)))
+
+
 METRICS = ("relative", "filter_corr_mean", "filter_corr_min")
 
 
@@ -110,3 +117,24 @@ def build(name: str, options: dict[str, Any], context: EvalContext) -> WeightCha
     return WeightChange(name, int(options["every_steps"]), _step(tuple(context.blocks)),
                         parallel.replicate(context.mesh, params),
                         [f"{m}/{b}" for m in METRICS for b in blocks])
+
+
+@dataclasses.dataclass
+class GroupWeightChange:
+    name: str
+    every_steps: int
+    evaluate: Callable
+    initial_params: Any
+    keys: list[str]
+
+    def run(self, state: Any, step: int) -> list[dict[str, float]]:
+        return split_runs(self.evaluate(state.params, self.initial_params), self.keys)
+
+
+def build_group(name: str, options: dict[str, Any], context: EvalContext) -> GroupWeightChange:
+    params = context.initial_variables["params"]  # every run's, stacked
+    blocks = list(_kernels_by_block(params, context.blocks))
+    return GroupWeightChange(name, int(options["every_steps"]),
+                             _group_step(tuple(context.blocks)),
+                             parallel.place_runs(context.mesh, params),
+                             [f"{m}/{b}" for m in METRICS for b in blocks])

@@ -1,0 +1,209 @@
+"""Runs trained together (transfusion_jax.train.group): the same results and files as the
+same runs trained one after another, runs cut off at different steps resumed exactly, the
+grouping of a mixed grid, and bad input (an unknown sweep.vectorize, a model that cannot be
+mapped over runs) as one error naming the fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, smoke_config
+from transfusion_jax.config import ConfigError, load_config
+from transfusion_jax.experiments.grid import expand_grid, read_status
+from transfusion_jax.experiments.grouping import plan_groups, why_alone
+from transfusion_jax.experiments.sweep import run_sweep
+from transfusion_jax.runs import Run, read_metrics
+from transfusion_jax.train.group.loop import prepare_group, train_group
+from transfusion_jax.train.group.rules import differences, shared_settings
+
+SMOKE = "configs/recipe_transfusion.py:smoke"
+RUNS = ("init=mean_var,seed=0", "init=pretrained,seed=0", "init=random,seed=0")
+
+
+def smoke_sweep(data_dir: str, **sweep):
+    config = load_config(SMOKE)
+    config.data.data_dir = data_dir
+    config.log.tensorboard = False
+    config.sweep.seeds = (0,)
+    config.sweep.similarity = False
+    for key, value in sweep.items():
+        config.sweep[key] = value
+    return config
+
+
+def params(run: Run, step: int) -> list[np.ndarray]:
+    return jax.tree.leaves(run.read_variables(step))
+
+
+def same_records(a: list[dict], b: list[dict], rtol: float) -> None:
+    """Equal metric lines: the same steps, splits and keys, values within ``rtol``."""
+    assert [(r["step"], r["split"], sorted(r)) for r in a] == [
+        (r["step"], r["split"], sorted(r)) for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for key in set(ra) - {"step", "split", "time"}:
+            if ra[key] is None or rb[key] is None:
+                assert ra[key] == rb[key], (ra["step"], ra["split"], key)
+            else:
+                np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=1e-6,
+                                           err_msg=f"{ra['split']} {key} at {ra['step']}")
+
+
+# -- which runs train together ----------------------------------------------------------------
+
+def test_a_mixed_grid_splits_into_groups_and_lone_runs_say_why(tmp_path):
+    config = load_config(SMOKE)
+    config.sweep.axes.width = {"thin": {"model": {"options": {"width": 0.125}}},
+                               "wide": {"model": {"options": {"width": 0.25}}}}
+    config.sweep.axes.lr = {"a": {"train": {"schedule": {"base_lr": 0.05}}},
+                            "b": {"train": {"schedule": {"name": "constant", "base_lr": 0.1}}}}
+    runs = expand_grid(config, tmp_path)  # 3 inits x 2 widths x 2 schedules x 2 seeds
+    key = lambda r: shared_settings(r.config)  # noqa: E731
+    groups = plan_groups(runs, key)
+    assert sorted(len(g) for g in groups) == [12, 12]
+    for group in groups:  # one width each; inits, schedules and seeds mixed
+        assert len({r.config.model.options.width for r in group}) == 1
+        assert len({r.axes["init"] for r in group}) == 3 and {r.seed for r in group} == {0, 1}
+        assert len({r.config.train.schedule.name for r in group}) == 2
+    assert [len(g) for g in plan_groups(runs, key, max_size=5)] == [4] * 6
+    order = [r.name for r in runs]
+    for group in groups:  # grid order kept within a group
+        assert [r.name for r in group] == sorted((r.name for r in group), key=order.index)
+    odd = runs[0].config.copy_and_resolve_references()
+    odd.train.batch_size = 32
+    lone = dataclasses.replace(runs[0], name="odd", config=odd)
+    assert sorted(len(g) for g in plan_groups([lone, *runs[1:]], key)) == [1, 11, 12]
+    why = why_alone(lone, [lone, *runs[1:]], lambda a, b: differences(a.config, b.config),
+                    lambda r: r.name)
+    closest = next(r for r in runs[1:] if r.axes["width"] == lone.axes["width"])
+    assert why.endswith(f"from the closest ({closest.name}) in train.batch_size"), why
+    twin = next(r for r in runs if r.seed == 1 and r.axes == runs[0].axes)
+    assert shared_settings(runs[0].config) == shared_settings(twin.config)
+
+
+def test_unknown_vectorize_value_is_one_error_naming_the_fallback(data_dir, tmp_path):
+    proc = run_cli(tmp_path / "sweep", data_dir, "--config.sweep.vectorize=maybe",
+                   config=SMOKE, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "sweep.vectorize='maybe' is not valid" in errors[0]
+    assert "False (one run after another, the fallback)" in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "sweep").exists()
+
+
+class LoggedCBR(nn.Module):
+    """A CBR whose forward pass reports to the host through an ordered callback, which
+    ``jax.vmap`` cannot map."""
+
+    inner: nn.Module
+
+    def block_names(self):
+        return self.inner.block_names()
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        jax.experimental.io_callback(lambda v: None, None, x.sum(), ordered=True)
+        return self.inner(x, train=train)
+
+
+def test_a_model_that_cannot_be_vmapped_names_the_fallback(data_dir, tmp_path, monkeypatch):
+    import jax.experimental  # noqa: F401
+
+    from transfusion_jax import models
+
+    monkeypatch.setitem(models.MODELS, "logged_cbr",
+                        lambda n, **o: LoggedCBR(models.MODELS["cbr_tiny"](n, **o)))
+    config = smoke_sweep(data_dir)
+    config.model.name = "logged_cbr"
+    with pytest.raises(ConfigError, match=r"model 'logged_cbr' cannot be trained vectorised "
+                                          r"\(jax.vmap of its train step fails: ValueError: "
+                                          r"Cannot `vmap` ordered IO callback.*set "
+                                          r"sweep.vectorize=False"):
+        run_sweep(config, tmp_path)
+    assert not list(tmp_path.iterdir())  # checked before the stage or any run was trained
+
+
+# -- the same runs, trained together or one after another ------------------------------------
+
+@pytest.fixture(scope="module")
+def both_ways(data_dir, tmp_path_factory):
+    """The smoke study's three runs (one seed), vectorised and sequential."""
+    out = {}
+    for vectorize in (True, False):
+        sweep_dir = tmp_path_factory.mktemp(f"vectorize_{vectorize}")
+        result = run_sweep(smoke_sweep(data_dir, vectorize=vectorize), sweep_dir)
+        assert set(result["runs"]) == set(RUNS) and set(result["runs"].values()) == {"finished"}
+        out[vectorize] = sweep_dir
+    return out
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_vectorised_runs_equal_sequential_runs(both_ways, name):
+    together, alone = (both_ways[v] / "runs" / name for v in (True, False))
+    assert read_status(together)["trained_with"] == 3
+    assert "trained_with" not in read_status(alone)
+    files = {p.name for p in alone.iterdir()}
+    assert files >= {"metrics.jsonl", "summary.json", "summary.md", "curves.png",
+                     "sweep_run.json", "checkpoints"}
+    assert {p.name for p in together.iterdir()} == files
+    a, b = Run.open(together), Run.open(alone)
+    assert a.steps == b.steps == [0, 12]  # step 0 kept, keep_last = 1
+    for x, y in zip(params(a, 0), params(b, 0), strict=True):
+        np.testing.assert_array_equal(x, y)  # each run keeps its own initialisation
+    same_records(read_metrics(together), read_metrics(alone), rtol=1e-4)
+    for x, y in zip(params(a, 12), params(b, 12), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+    assert a.summary["convergence"] == b.summary["convergence"]  # same steps to threshold
+    assert a.summary["final_evals"].keys() == b.summary["final_evals"].keys()
+
+
+def test_the_report_reads_vectorised_runs_as_sequential_ones(both_ways):
+    tables = [json.loads((both_ways[v] / "aggregate/aggregate.json").read_text())
+              for v in (True, False)]
+    steps = [{g["label"]: g["run_steps"] for g in t["groups"]} for t in tables]
+    assert steps[0] == steps[1] and len(steps[0]) == 3
+
+
+# -- runs cut off at different steps ---------------------------------------------------------
+
+def seed_runs(data_dir, workdir, seeds=(0, 1, 2)):
+    configs = [smoke_config(data_dir, **{"seed": s, "checkpoint.keep_last": 20,
+                                         "checkpoint.keep_every": 0}) for s in seeds]
+    configs[1].train.schedule.base_lr = 0.1  # schedules may differ within a group
+    return [(f"seed={s}", c, workdir / f"seed={s}") for s, c in zip(seeds, configs,
+                                                                     strict=True)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("group")
+    results = train_group(prepare_group(seed_runs(data_dir, workdir)))
+    assert all(r.error is None for r in results)
+    return workdir
+
+
+def test_runs_cut_off_at_different_steps_resume_to_the_same_end(data_dir, uninterrupted,
+                                                               tmp_path):
+    workdir = tmp_path / "group"
+    shutil.copytree(uninterrupted, workdir)
+    for name, kept in (("seed=0", 4), ("seed=1", 8)):  # seed=2 is finished
+        for step_dir in (workdir / name / "checkpoints").iterdir():
+            if step_dir.name.isdigit() and int(step_dir.name) > kept:
+                shutil.rmtree(step_dir)
+        (workdir / name / "summary.json").unlink()
+    results = train_group(prepare_group(seed_runs(data_dir, workdir)))
+    assert all(r.error is None for r in results)
+    for name in ("seed=0", "seed=1", "seed=2"):
+        a, b = Run.open(workdir / name), Run.open(uninterrupted / name)
+        assert a.steps == b.steps == [0, 4, 8, 12]
+        for x, y in zip(params(a, 12), params(b, 12), strict=True):
+            np.testing.assert_array_equal(x, y)
+        strip = lambda records: [{k: v for k, v in r.items() if k != "time"}  # noqa: E731
+                                 for r in records]
+        assert strip(read_metrics(workdir / name)) == strip(read_metrics(uninterrupted / name))
