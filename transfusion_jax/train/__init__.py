@@ -6,7 +6,9 @@ data-parallel train step (`step`, `state`, `losses`, `optim`), runs the configur
 evaluators (`evaluators`: classification metrics, similarity to the initialisation, weight
 change), tracks convergence (`convergence`), checkpoints with Orbax
 (`transfusion_jax.checkpoints`), logs (`writer`, `progress`) and writes the curves and the
-summary (`plots`, `summary`). Re-running on the same workdir resumes.
+summary (`plots`, `summary`). Re-running on the same workdir resumes. `group` trains many
+runs of a study together as one compiled program over a leading run axis, each writing
+what it would write alone.
 
 Reading a finished run needs none of this: `transfusion_jax.runs` opens it. Import the
 modules themselves; this package imports none of them, so reading a config stays light.

@@ -97,7 +97,9 @@ def prepare_group(runs: Sequence[tuple[str, ml_collections.ConfigDict, str | Pat
                                  setup.meta.multi_label, mesh)
     example = train_dataset(setup.train_source, config.data, config.train.batch_size,
                             config.seed)[0]
-    check_vmappable(step, abstract_state(config, setup), LossAccuracy.empty(), example,
+    global_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        (x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype), example)
+    check_vmappable(step, abstract_state(config, setup), LossAccuracy.empty(), global_batch,
                     len(members), config.train.steps, config.model.name)
     return PreparedGroup(members, mesh, step, jax.tree.map(np.zeros_like, example))
 
@@ -148,8 +150,10 @@ def _train(group: PreparedGroup) -> list[RunResult]:
     def running(step: int) -> list[int]:
         return [r for r in range(num_runs) if starts[r] < step and members[r].error is None]
 
-    log.info("group: %d runs trained together as one program on a %s mesh (%s)", num_runs,
-             "x".join(map(str, mesh.devices.shape)), ", ".join(m.name for m in members))
+    names = [m.name for m in members]
+    log.info("group: %d runs trained together as one program on a %s (runs x data) mesh: %s",
+             num_runs, "x".join(map(str, mesh.devices.shape)),
+             ", ".join(names) if num_runs <= 4 else f"{names[0]} ... {names[-1]}")
     metrics = empty_metrics()
     pending: list[jax.Array] = []
     first_step = int(starts.min()) + 1

@@ -93,8 +93,7 @@ def take_run(mesh: Mesh) -> Callable:
 
 def stacked_shapes(tree: Any, num_runs: int) -> Any:
     """`jax.ShapeDtypeStruct`s of ``tree`` (arrays or shape structs) with a leading run axis."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_runs, *np.shape(x)),
-                                                       jnp.result_type(x)), tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_runs, *x.shape), x.dtype), tree)
 
 
 def check_vmappable(step: Callable, state: Any, metrics: Any, batch: dict[str, Any],
@@ -105,7 +104,7 @@ def check_vmappable(step: Callable, state: Any, metrics: Any, batch: dict[str, A
     Args:
       step: from `make_group_train_step`.
       state, metrics: one run's abstract `TrainState` and `LossAccuracy` (shapes suffice).
-      batch: one run's batch (shapes suffice).
+      batch: one run's global batch (shapes suffice).
       num_runs: the group's size.
       steps: ``train.steps`` (the learning-rate tables hold ``steps + 1`` values).
       model_name: ``config.model.name``, for the message.
