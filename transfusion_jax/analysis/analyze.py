@@ -76,7 +76,6 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
     """Runs every analysis of ``config.analysis`` and writes the report into ``workdir``."""
     a = config.analysis
     out = Path(workdir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     before, after, baselines = _refs(a)
     seconds: dict[str, float] = {}
     files: dict[str, Any] = {}
@@ -86,6 +85,7 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
         same_run = Path(before[1]).absolute() == Path(after[1]).absolute()
         steps = [s for s in checkpoint_steps(after[1]) if s <= after[2]]
         along = load_trajectory(after[1], steps) if same_run and len(steps) > 2 else None
+    out.mkdir(parents=True, exist_ok=True)  # every input read: nothing half-written before
     with _timed(seconds, "parameter space"):
         files["weights"], weights = _weights(traj, along, blocks, out / "weights")
     with _timed(seconds, "feature space"):
@@ -93,7 +93,7 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
         if along is not None:
             refs += [(f"step {s}", after[1], s) for s in steps if s not in (before[2], after[2])]
         features = compare_checkpoints(refs, layers=tuple(a.layers), split=a.split,
-                                       max_examples=min(a.max_examples, 2000))
+                                       max_examples=a.max_examples)
         files["features"] = write_cross_run(features, out / "features",
                                             title="Linear CKA between checkpoints, per layer")
         files["features"]["along_png"] = str(analyze_report.plot_feature_change(
@@ -173,8 +173,14 @@ def _filters(traj, blocks, baselines, out: Path) -> dict[str, str]:
 
 
 def _feature_vis(config, traj, comparisons, out: Path) -> dict[str, str]:
-    """The channels of the deepest compared layer whose top images changed most."""
-    from transfusion_jax.analysis.feature_vis import plot_feature_vis, visualize_channels
+    """The channels whose top images changed most, of the middle compared layer (the last
+    one when at most two layers are compared). A visualisation whose objective did not
+    rise (`feature_vis.objective_gain`) is flat: logged and listed on the page."""
+    from transfusion_jax.analysis.feature_vis import (
+        objective_gain,
+        plot_feature_vis,
+        visualize_channels,
+    )
 
     a = config.analysis
     if not comparisons or a.feature_vis_channels <= 0:
@@ -194,4 +200,11 @@ def _feature_vis(config, traj, comparisons, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "feature_vis.npz", images=np.asarray(images), trace=np.asarray(trace),
              channels=np.array(channels))
-    return {"png": str(path), "layer": comp.layer, "channels": ",".join(map(str, channels))}
+    _, flat = objective_gain(trace)  # (2, channels): before, after
+    flat_names = [f"{when} {comp.layer}:{c}" for row, when in enumerate(("before", "after"))
+                  for j, c in enumerate(channels) if flat[row, j]]
+    if flat_names:
+        log.warning("analyze: feature visualisation stayed flat (no objective gain) for %s",
+                    ", ".join(flat_names))
+    return {"png": str(path), "layer": comp.layer, "channels": ",".join(map(str, channels)),
+            "flat": ", ".join(flat_names)}
