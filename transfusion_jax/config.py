@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
     # the first match wins, unmatched parameters get 1. Factor 0 freezes.
     c.train.lr_multipliers = ()
     c.train.freeze = ""  # regex: matching parameters are not updated (nor decayed)
+    # BatchNorm of frozen layers (every parameter frozen, by freeze or a factor 0): True =
+    # kept as at step 0 (normalise with the running averages, never update them, also in
+    # training); False = PyTorch's train mode (batch statistics, running averages track
+    # the new data). See transfusion_jax.train.freeze.
+    c.train.freeze_batch_stats = True
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 100

@@ -26,6 +26,7 @@ from transfusion_jax.data import eval_batches, train_dataset, train_iterator
 from transfusion_jax.train.checkpoint import Checkpointer, abstract_like
 from transfusion_jax.train.convergence import ConvergenceTracker
 from transfusion_jax.train.evaluate import evaluate
+from transfusion_jax.train.freeze import frozen_bn_modules
 from transfusion_jax.train.plots import plot_curves
 from transfusion_jax.train.progress import Progress
 from transfusion_jax.train.resume import check_resume
@@ -105,7 +106,8 @@ def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
     start = int(jax.device_get(state.step))
 
     train_step = make_train_step(setup.model, setup.tx, setup.loss_name,
-                                 setup.meta.multi_label, mesh)
+                                 setup.meta.multi_label, mesh,
+                                 frozen_bn_modules(config.train, state.params))
     eval_step = make_eval_step(setup.model, setup.loss_name, setup.meta.multi_label, mesh)
     dataset = train_dataset(setup.train_source, config.data, config.train.batch_size,
                             config.seed)
