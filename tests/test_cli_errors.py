@@ -62,6 +62,8 @@ CASES = [
          config="{syntax}", cli=True),
     Case("config_without_get_config", (), "defines no get_config(arg=None) function",
          config="{no_get_config}"),
+    Case("config_not_python", (), "config file README.md is not a Python file",
+         config="README.md"),
     Case("config_arg_rejected", (), "config file configs/quickstart.py rejected its arg 'bogus'",
          config="configs/quickstart.py:bogus"),
     Case("config_file_sets_unknown_key", (),
