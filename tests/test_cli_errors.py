@@ -173,34 +173,20 @@ CASES = [
 ]
 
 
-def _torch_zip(path: Path, obj, *, truncate: int = 0) -> Path:
-    """A zip-format ``.pth`` whose ``data.pkl`` pickles ``obj``; cut to ``truncate`` bytes."""
+def _torch_zip(path: Path, pickled: bytes, *, truncate: int = 0) -> Path:
+    """A zip-format ``.pth`` whose ``data.pkl`` is ``pickled``; cut to ``truncate`` bytes."""
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("archive/data.pkl", pickle.dumps(obj, protocol=2))
+        zf.writestr("archive/data.pkl", pickled)
         zf.writestr("archive/version", "3\n" + "x" * 4000)
     if truncate:
         path.write_bytes(path.read_bytes()[:truncate])
     return path
 
 
-def _pickled_model(path: Path) -> Path:
-    """A ``.pth`` holding a whole pickled model (``torch.save(model)``), not a state dict."""
-    import types
-
-    names = ("torchvision", "torchvision.models", "torchvision.models.resnet")
-    if any(n in sys.modules for n in names):
-        pytest.skip("torchvision is imported: the stand-in module would shadow it")
-    modules = {n: types.ModuleType(n) for n in names}
-    ResNet = type("ResNet", (), {"__module__": names[-1]})  # noqa: N806
-    modules[names[-1]].ResNet = ResNet
-    modules["torchvision"].models = modules["torchvision.models"]
-    modules["torchvision.models"].resnet = modules[names[-1]]
-    sys.modules.update(modules)
-    try:
-        return _torch_zip(path, ResNet())
-    finally:
-        for n in names:
-            del sys.modules[n]
+# What ``torch.save(model)`` pickles for a whole torchvision ResNet, reduced to its head:
+# protocol 2, GLOBAL torchvision.models.resnet.ResNet, an empty argument tuple, NEWOBJ, STOP.
+# Written by hand so that nothing is imported to build it.
+PICKLED_MODEL = b"\x80\x02ctorchvision.models.resnet\nResNet\n)\x81."
 
 
 def _damage(run: Path, step: int) -> None:
@@ -248,8 +234,9 @@ def inputs(finished_run, tmp_path_factory) -> dict[str, str]:
     return {"tmp": str(tmp), "syntax": str(tmp / "syntax.py"),
             "no_get_config": str(tmp / "no_get_config.py"), "typo": str(tmp / "typo.py"),
             "folder": str(folder), "no_csv_folder": str(tmp / "no_csv"),
-            "truncated_pth": str(_torch_zip(tmp / "cut.pth", {"w": 1}, truncate=300)),
-            "model_pth": str(_pickled_model(tmp / "model.pth")),
+            "truncated_pth": str(_torch_zip(tmp / "cut.pth", pickle.dumps({"w": 1}),
+                                            truncate=300)),
+            "model_pth": str(_torch_zip(tmp / "model.pth", PICKLED_MODEL)),
             "nan_npz": str(tmp / "nan.npz"), "short_npz": str(tmp / "short.npz"),
             "unfinished": str(unfinished), "run": str(finished_run), "damaged": str(damaged)}
 
