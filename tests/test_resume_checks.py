@@ -14,9 +14,9 @@ from tests.conftest import smoke_config, tree_snapshot
 from transfusion_jax.checkpoints import kept_steps
 from transfusion_jax.config import ConfigError
 from transfusion_jax.data import pipeline
+from transfusion_jax.runs import read_metrics
 from transfusion_jax.train.loop import train_and_evaluate
 from transfusion_jax.train.resume import changed_settings
-from transfusion_jax.train.writer import read_metrics
 
 
 @pytest.mark.parametrize("batch_size", [32, 8], ids=["larger", "smaller"])
