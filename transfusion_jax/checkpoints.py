@@ -35,7 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from transfusion_jax.checkpoint_errors import restore_failed, save_failed
+from transfusion_jax.checkpoint_errors import CheckpointError, restore_failed, save_failed
 
 ITEMS = ("state", "data", "meta")
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
@@ -234,6 +234,22 @@ def _restore_numpy(path: Path, select: tuple[str, ...] = ()) -> Any:
     return jax.tree.map(np.asarray, restored)
 
 
+@contextlib.contextmanager
+def _reading(step_dir: Path) -> Iterator[None]:
+    """Turns a failure to read a step of a ``checkpoints/`` folder into `CheckpointError`
+    (naming the step and the one before it), when the folder is one of this project's."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:
+        if not step_dir.name.isdigit():
+            raise
+        directory = step_dir.parent
+        raise restore_failed(directory, int(step_dir.name), _finalised_steps(directory),
+                             e) from e
+
+
 def state_shapes(step_dir: str | Path) -> dict[str, Any]:
     """Shapes of the model variables of a step, from the checkpoint's metadata alone.
 
@@ -243,11 +259,11 @@ def state_shapes(step_dir: str | Path) -> dict[str, Any]:
     Returns:
       ``{"params": {...: tuple shape}, "batch_stats": {...}}`` (nothing is read but metadata).
     """
-    path = Path(step_dir).absolute() / "state"
-    with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
-        tree = _tree_metadata(checkpointer, path)
-    return {k: jax.tree.map(lambda m: tuple(m.shape), tree[k])
-            for k in VARIABLE_COLLECTIONS if k in tree}
+    step_dir = Path(step_dir).absolute()
+    with _reading(step_dir), _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
+        tree = _tree_metadata(checkpointer, step_dir / "state")
+        return {k: jax.tree.map(lambda m: tuple(m.shape), tree[k])
+                for k in VARIABLE_COLLECTIONS if k in tree}
 
 
 def read_variables(step_dir: str | Path) -> dict[str, Any]:
@@ -262,11 +278,13 @@ def read_variables(step_dir: str | Path) -> dict[str, Any]:
 
     Raises:
       FileNotFoundError: ``step_dir`` holds no train state.
+      CheckpointError: the step is damaged (the message names the step before it).
     """
-    path = Path(step_dir).absolute() / "state"
-    if not path.is_dir():
+    step_dir = Path(step_dir).absolute()
+    if not (step_dir / "state").is_dir():
         raise FileNotFoundError(f"no checkpointed train state in {step_dir}")
-    restored = _restore_numpy(path, VARIABLE_COLLECTIONS)
+    with _reading(step_dir):
+        restored = _restore_numpy(step_dir / "state", VARIABLE_COLLECTIONS)
     return {k: dict(restored.get(k) or {}) for k in VARIABLE_COLLECTIONS}
 
 
