@@ -76,7 +76,7 @@ def test_resume_with_a_different_model_is_refused(smoke_run):
     config, workdir, _ = smoke_run
     other = smoke_config(config.data.data_dir)
     other.model.options.width = 0.25
-    with pytest.raises(ConfigError, match="differs in model"):
+    with pytest.raises(ConfigError, match=r"model.options.width was 0.125, now 0.25"):
         train_and_evaluate(other, workdir)
 
 

@@ -43,9 +43,16 @@ ConfigLike = str | ml_collections.ConfigDict
 
 
 def setup_logging() -> None:
-    """Project messages at INFO on stderr; library chatter (Orbax, absl) at WARNING."""
+    """Project messages at INFO on stderr; library chatter (Orbax, absl) at WARNING, and
+    none about a failure the project already reported in one line (`cli_errors`)."""
+    from absl import flags
     from absl import logging as absl_logging
 
+    from transfusion_jax.cli_errors import quiet_reported_library_errors
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults
+    absl_logging.use_absl_handler()
     absl_logging.set_verbosity(absl_logging.WARNING)
     project = logging.getLogger("transfusion_jax")
     if not project.handlers:
@@ -54,6 +61,7 @@ def setup_logging() -> None:
         project.addHandler(handler)
     project.setLevel(logging.INFO)
     project.propagate = False
+    quiet_reported_library_errors()
 
 
 def setup_jax() -> None:

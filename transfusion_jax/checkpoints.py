@@ -20,7 +20,8 @@ Readers that need no training setup:
   (a step folder, a manager folder, a plain ``PyTreeCheckpointer`` save), restored without a
   target, so a checkpoint saved sharded over other devices or hosts reads anywhere.
 
-This module is a leaf of the project: it imports nothing of it.
+A checkpoint that cannot be read, or a save that fails for a reason the user fixes (a full
+disk), raises `CheckpointError` naming the step and the fix (`checkpoint_errors`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from transfusion_jax.checkpoint_errors import CheckpointError, restore_failed, save_failed
 
 ITEMS = ("state", "data", "meta")
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
@@ -61,6 +64,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=ITEMS)
+        self._pending: int | None = None  # the newest step handed to Orbax
+        self._failed = False  # a save failed (and was raised): close() does not raise again
 
     def latest_step(self) -> int | None:
         """The newest finalised step, or None."""
@@ -72,24 +77,58 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict[str, Any],
              meta: dict[str, Any]) -> None:
-        """Starts saving ``step`` (asynchronously when enabled)."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        """Starts saving ``step`` (asynchronously when enabled).
+
+        Raises:
+          CheckpointError: a save failed for a reason the user fixes (a full disk, ...);
+            the message names the step and the newest complete checkpoint.
+        """
+        with self._saving(step):
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta)), force=True)
+        self._pending = step
+
+    @contextlib.contextmanager
+    def _saving(self, step: int | None) -> Iterator[None]:
+        """Turns a save failure a user fixes into `CheckpointError` (an earlier asynchronous
+        save's failure surfaces here too, and is named as such)."""
+        try:
+            yield
+        except Exception as e:
+            if self._failed:
+                return  # already raised once; Orbax reports it again on every wait
+            self._failed = True
+            latest = _finalised_steps(self.directory)
+            failed = self._pending if self._pending not in (None, *latest[-1:]) else step
+            error = save_failed(self.directory, failed, latest[-1] if latest else None, e)
+            if error is None:
+                raise
+            raise error from e
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """Restores ``(state, data_state, meta)`` of ``step`` into ``abstract_state``."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
+        """Restores ``(state, data_state, meta)`` of ``step`` into ``abstract_state``.
+
+        Raises:
+          CheckpointError: the step cannot be read (damaged); names the step before it.
+        """
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:
+            raise restore_failed(self.directory, step, self.all_steps(), e) from e
         return restored["state"], restored["data"], restored["meta"]
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         """Only the metadata of ``step`` (config, metrics), cheap."""
-        return self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise restore_failed(self.directory, step, self.all_steps(), e) from e
 
     def read_variables(self, step: int) -> dict[str, Any]:
         """The model variables of ``step`` as NumPy arrays (see `read_variables`)."""
@@ -97,12 +136,24 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are finalised."""
-        self._manager.wait_until_finished()
+        with self._saving(None):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+
+def _finalised_steps(directory: Path) -> list[int]:
+    """Steps whose folder is complete on disk (Orbax renames a step's temporary folder only
+    once every item is written), ascending."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
 
 
 @contextlib.contextmanager
@@ -111,7 +162,8 @@ def _read_only_manager(directory: str | Path) -> Iterator[ocp.CheckpointManager]
     with _quiet_orbax():
         manager = ocp.CheckpointManager(
             Path(directory).absolute(), item_names=ITEMS,
-            options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                 save_interval_steps=0))
     try:
         with _quiet_orbax():
             yield manager
@@ -120,16 +172,26 @@ def _read_only_manager(directory: str | Path) -> Iterator[ocp.CheckpointManager]
 
 
 def kept_steps(directory: str | Path) -> list[int]:
-    """The finalised steps in a ``checkpoints/`` folder, ascending (nothing is written)."""
+    """The finalised steps in a ``checkpoints/`` folder, ascending ([] when there is no such
+    folder; nothing is written, nothing of a run still training is cleaned up)."""
+    if not Path(directory).is_dir():
+        return []
     with _read_only_manager(directory) as manager:
         return sorted(manager.all_steps())
 
 
 def read_meta(directory: str | Path, step: int) -> dict[str, Any]:
-    """The metadata item (config, convergence record, last eval) of ``step``."""
+    """The metadata item (config, convergence record, last eval) of ``step``.
+
+    Raises:
+      CheckpointError: the step's metadata cannot be read (a damaged checkpoint).
+    """
     with _read_only_manager(directory) as manager:
-        return manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        try:
+            return manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise restore_failed(Path(directory), step, sorted(manager.all_steps()), e) from e
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -172,6 +234,22 @@ def _restore_numpy(path: Path, select: tuple[str, ...] = ()) -> Any:
     return jax.tree.map(np.asarray, restored)
 
 
+@contextlib.contextmanager
+def _reading(step_dir: Path) -> Iterator[None]:
+    """Turns a failure to read a step of a ``checkpoints/`` folder into `CheckpointError`
+    (naming the step and the one before it), when the folder is one of this project's."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:
+        if not step_dir.name.isdigit():
+            raise
+        directory = step_dir.parent
+        raise restore_failed(directory, int(step_dir.name), _finalised_steps(directory),
+                             e) from e
+
+
 def state_shapes(step_dir: str | Path) -> dict[str, Any]:
     """Shapes of the model variables of a step, from the checkpoint's metadata alone.
 
@@ -181,11 +259,11 @@ def state_shapes(step_dir: str | Path) -> dict[str, Any]:
     Returns:
       ``{"params": {...: tuple shape}, "batch_stats": {...}}`` (nothing is read but metadata).
     """
-    path = Path(step_dir).absolute() / "state"
-    with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
-        tree = _tree_metadata(checkpointer, path)
-    return {k: jax.tree.map(lambda m: tuple(m.shape), tree[k])
-            for k in VARIABLE_COLLECTIONS if k in tree}
+    step_dir = Path(step_dir).absolute()
+    with _reading(step_dir), _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
+        tree = _tree_metadata(checkpointer, step_dir / "state")
+        return {k: jax.tree.map(lambda m: tuple(m.shape), tree[k])
+                for k in VARIABLE_COLLECTIONS if k in tree}
 
 
 def read_variables(step_dir: str | Path) -> dict[str, Any]:
@@ -200,11 +278,13 @@ def read_variables(step_dir: str | Path) -> dict[str, Any]:
 
     Raises:
       FileNotFoundError: ``step_dir`` holds no train state.
+      CheckpointError: the step is damaged (the message names the step before it).
     """
-    path = Path(step_dir).absolute() / "state"
-    if not path.is_dir():
+    step_dir = Path(step_dir).absolute()
+    if not (step_dir / "state").is_dir():
         raise FileNotFoundError(f"no checkpointed train state in {step_dir}")
-    restored = _restore_numpy(path, VARIABLE_COLLECTIONS)
+    with _reading(step_dir):
+        restored = _restore_numpy(step_dir / "state", VARIABLE_COLLECTIONS)
     return {k: dict(restored.get(k) or {}) for k in VARIABLE_COLLECTIONS}
 
 

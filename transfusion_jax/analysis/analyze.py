@@ -78,7 +78,6 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
     """Runs every analysis of ``config.analysis`` and writes the report into ``workdir``."""
     a = config.analysis
     out = Path(workdir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     before, after, baselines = _refs(a)
     seconds: dict[str, float] = {}
     files: dict[str, Any] = {}
@@ -90,6 +89,7 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
         along = (stack_checkpoints([CheckpointRef(f"step {s}", after.run_dir, s)
                                     for s in steps])
                  if same_run and len(steps) > 2 else None)
+    out.mkdir(parents=True, exist_ok=True)  # every input read: nothing half-written before
     with _timed(seconds, "parameter space"):
         files["weights"], weights = _weights(pair, along, blocks, out / "weights")
     with _timed(seconds, "feature space"):
@@ -99,8 +99,7 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
                      if s not in (before.step, after.step)]
         features = checkpoint_similarity(
             stack_checkpoints(refs), layers=tuple(a.layers), split=a.split,
-            max_examples=min(a.max_examples, 2000),
-            svcca_pairs=True)
+            max_examples=a.max_examples, svcca_pairs=True)
         files["features"] = write_per_layer(features, out / "features",
                                             title="Linear CKA between checkpoints, per layer")
         files["features"]["along_png"] = str(analyze_report.plot_feature_change(
@@ -179,9 +178,15 @@ def _filters(pair, blocks, baselines, out: Path) -> dict[str, str]:
     return {"png": str(path)}
 
 
-def _feature_vis(config, pair, comparisons, out: Path) -> dict[str, str]:
-    """The channels of the deepest compared layer whose top images changed most."""
-    from transfusion_jax.analysis.feature_vis import plot_feature_vis, visualize_channels
+def _feature_vis(config, pair: StackedCheckpoints, comparisons, out: Path) -> dict[str, str]:
+    """The channels whose top images changed most, of the middle compared layer (the last
+    one when at most two layers are compared). A visualisation whose objective did not
+    rise (`feature_vis.objective_gain`) is flat: logged and listed on the page."""
+    from transfusion_jax.analysis.feature_vis import (
+        objective_gain,
+        plot_feature_vis,
+        visualize_channels,
+    )
 
     a = config.analysis
     if not comparisons or a.feature_vis_channels <= 0:
@@ -201,4 +206,11 @@ def _feature_vis(config, pair, comparisons, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "feature_vis.npz", images=np.asarray(images), trace=np.asarray(trace),
              channels=np.array(channels))
-    return {"png": str(path), "layer": comp.layer, "channels": ",".join(map(str, channels))}
+    _, flat = objective_gain(trace)  # (2, channels): before, after
+    flat_names = [f"{when} {comp.layer}:{c}" for row, when in enumerate(("before", "after"))
+                  for j, c in enumerate(channels) if flat[row, j]]
+    if flat_names:
+        log.warning("analyze: feature visualisation stayed flat (no objective gain) for %s",
+                    ", ".join(flat_names))
+    return {"png": str(path), "layer": comp.layer, "channels": ",".join(map(str, channels)),
+            "flat": ", ".join(flat_names)}

@@ -148,7 +148,9 @@ def write_analysis_report(out: Path, *, before, after, baselines, model_name: st
         sections.append(Section("Feature visualisation", [
             f"Activation maximisation (Fourier-parameterised, colour-decorrelated image with "
             f"random jitter, scale and rotation; Adam) of the channels {fv['channels']} of "
-            f"{fv['layer']} whose top images changed most."], figures=[
+            f"{fv['layer']} whose top images changed most."
+            + (f" Flat (the objective did not rise, so the image shows nothing the channel "
+               f"responds to): {fv['flat']}." if fv.get("flat") else "")], figures=[
                 Figure(fv["png"], "Channel visualisations before (top) and after (bottom)")]))
     sections.append(Section("Timings", [], tables=[Table(
         "", ["analysis", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])]))

@@ -102,6 +102,28 @@ class FeatureVis(NamedTuple):
     trace: np.ndarray
 
 
+def objective_gain(trace: np.ndarray, *, rtol: float = 1e-3,
+                   atol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+    """How much each visualisation raised its objective, and which stayed flat.
+
+    Args:
+      trace: ``(..., steps)`` objective per step (`FeatureVis.trace`).
+      rtol: a gain within ``rtol`` of the objective's size counts as none.
+      atol: a gain below this counts as none (e.g. a dead channel: 0 throughout).
+
+    Returns:
+      ``(gain, flat)``, each ``(...)``: mean objective over the last tenth of the steps
+      minus that over the first tenth, and whether that gain is nil (the image is not a
+      visualisation of anything the channel responds to).
+    """
+    trace = np.asarray(trace, np.float64)
+    k = max(1, trace.shape[-1] // 10)
+    start, end = trace[..., :k].mean(-1), trace[..., -k:].mean(-1)
+    gain = end - start
+    flat = ~(gain > atol + rtol * np.maximum(np.abs(start), np.abs(end)))
+    return gain, flat
+
+
 def fourier_frequencies(size: int) -> np.ndarray:
     """``|f|`` of the ``rfft2`` coefficients of a ``size x size`` image: ``(size, size//2+1)``."""
     fy = np.fft.fftfreq(size)[:, None]

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from transfusion_jax.config import ConfigError
 from transfusion_jax.experiments import aggregate_plots
 from transfusion_jax.experiments.aggregate_text import conclusion, csv_rows, markdown
 from transfusion_jax.experiments.grid import RUNS_DIR, group_label, read_json, read_status
@@ -67,7 +68,7 @@ def _convergence_spec(runs: list[dict]) -> dict[str, Any]:
     specs = {(r["summary"]["convergence"]["metric"], r["summary"]["convergence"]["threshold"],
               r["summary"]["convergence"]["mode"]): r["name"] for r in runs}
     if len(specs) > 1:
-        raise ValueError("runs of the sweep track different convergence criteria, so their "
+        raise ConfigError("runs of the sweep track different convergence criteria, so their "
                          f"steps cannot be compared: {specs}; aggregate sweeps of one criterion")
     metric, threshold, mode = next(iter(specs))
     return {"metric": metric, "threshold": threshold, "mode": mode}
@@ -130,7 +131,7 @@ def aggregate_sweep(sweep_dir: str | Path, *, baseline: str = "random",
       baseline first, see the module docstring) and ``conclusion`` (one plain paragraph).
 
     Raises:
-      ValueError: runs that track different convergence metrics or thresholds.
+      ConfigError: runs that track different convergence metrics or thresholds.
     """
     sweep_dir = Path(sweep_dir)
     finished, failed, other = _read_runs(sweep_dir)

@@ -3,7 +3,7 @@
 Every function reads the dict of `aggregate.aggregate_sweep` and writes one PNG:
 
 - ``curves.png``: per group, the eval convergence metric against the step, the mean over
-  seeds with a shaded band = the percentile bootstrap CI of that mean (the aggregate's
+  seeds with a shaded band = the BCa bootstrap CI of that mean (the aggregate's
   confidence), computed on the eval steps common to the group's runs; the threshold as a
   dashed line; one panel per value of the other axes, one colour per init;
 - ``steps_to_threshold.png``: restricted mean steps with CI error bars, each run as a dot

@@ -114,7 +114,7 @@ def _sections(config, sweep_dir: Path, runs, dirs, agg: dict, files: dict) -> li
         "Convergence speed",
         [f"Steps to reach eval {conv.metric} {'>=' if conv.mode == 'max' else '<='} "
          f"{conv.threshold} (evaluated every {config.eval.every_steps} steps), over seeds "
-         f"{tuple(config.sweep.seeds)}; intervals are {config.sweep.confidence:.0%} percentile "
+         f"{tuple(config.sweep.seeds)}; intervals are {config.sweep.confidence:.0%} BCa "
          f"bootstrap intervals over seeds ({config.sweep.bootstrap} resamples). Runs that "
          "never reached the threshold count as the run length (a lower bound, marked >=). "
          f"Full table: {md_table.name}."],

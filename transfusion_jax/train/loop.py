@@ -5,6 +5,8 @@ resumes from the newest checkpoint (state, data-iterator position, convergence r
 a run killed at any point and restarted ends exactly where an uninterrupted run does.
 A NaN or infinite loss stops the run with `NonFiniteLossError` naming the step; the state
 is checked before every checkpoint, so the last checkpoint on disk is always a good one.
+The config, the data, the init source (`sources`) and, on resume, the saved run's settings
+(`resume`) are checked before the first file is written.
 """
 
 from __future__ import annotations
@@ -20,22 +22,21 @@ import numpy as np
 
 from transfusion_jax import parallel
 from transfusion_jax.checkpoints import Checkpointer, abstract_like
-from transfusion_jax.config import ConfigError, to_dict
+from transfusion_jax.config import to_dict
 from transfusion_jax.data import train_dataset, train_iterator
 from transfusion_jax.runs import read_metrics
 from transfusion_jax.train.convergence import ConvergenceTracker
 from transfusion_jax.train.evaluators import MAIN, EvalContext, build_evaluators
+from transfusion_jax.train.freeze import frozen_bn_modules
 from transfusion_jax.train.plots import plot_curves
 from transfusion_jax.train.progress import Progress
+from transfusion_jax.train.resume import check_resume
 from transfusion_jax.train.setup import abstract_state, build_run, initial_state, validate
 from transfusion_jax.train.step import empty_metrics, make_train_step
 from transfusion_jax.train.summary import write_summary
 from transfusion_jax.train.writer import MetricWriter
 
 log = logging.getLogger(__name__)
-
-# Config sections that must match for a workdir to be resumed.
-RESUME_KEYS = ("seed", "model", "init", "data")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,16 +60,6 @@ def _check_finite(losses: list[jax.Array], first_step: int, checkpoints: Path,
             "(train.schedule.warmup_steps) or set train.grad_clip_norm.")
 
 
-def _check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict,
-                     workdir: Path) -> None:
-    current = to_dict(config)
-    changed = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
-    if changed:
-        raise ConfigError(
-            f"{workdir} holds a run whose config differs in {', '.join(changed)}; resume with "
-            "the same config or choose a new --workdir")
-
-
 def _title(config: ml_collections.ConfigDict) -> str:
     return (f"{config.model.name} ({config.init.name} init) on {config.data.name}, "
             f"seed {config.seed}")
@@ -80,6 +71,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mesh = parallel.data_mesh()
     validate(config, parallel.num_data_shards(mesh))
     setup = build_run(config)
+    # Everything that can refuse the run is checked before its first file is written.
+    initial = initial_state(config, setup) if check_resume(config, workdir) is None else None
     if parallel.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
@@ -87,13 +80,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         async_save=config.checkpoint.async_save)
     writer = MetricWriter(workdir, tensorboard=config.log.tensorboard)
     try:
-        return _run(config, workdir, mesh, setup, ckpt, writer)
+        return _run(config, workdir, mesh, setup, ckpt, writer, initial)
     finally:
         ckpt.close()
         writer.close()
 
 
-def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
+def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
     total = config.train.steps
     replicated = parallel.replicated(mesh)
     tracker = ConvergenceTracker(config.convergence.metric, config.convergence.threshold,
@@ -102,11 +95,10 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
     last: dict[str, dict[str, float]] = {}  # evaluator name -> its latest result
     elapsed = 0.0
     if latest is None:
-        state = parallel.replicate(mesh, initial_state(config, setup))
+        state = parallel.replicate(mesh, initial)
         data_state = None
         initial_variables = jax.device_get(state.variables)
     else:
-        _check_resumable(ckpt.restore_meta(latest)["config"], config, workdir)
         target = abstract_like(abstract_state(config, setup), replicated)
         state, data_state, saved = ckpt.restore(latest, target)
         tracker = ConvergenceTracker.from_dict(saved["convergence"])
@@ -117,7 +109,8 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
     start = int(jax.device_get(state.step))
 
     train_step = make_train_step(setup.model, setup.tx, setup.loss_name,
-                                 setup.meta.multi_label, mesh)
+                                 setup.meta.multi_label, mesh,
+                                 frozen_bn_modules(config.train, state.params))
     evaluators = build_evaluators(config, EvalContext(
         model=setup.model, mesh=mesh, data=config.data, meta=setup.meta,
         loss_name=setup.loss_name, blocks=setup.model.block_names(),

@@ -29,8 +29,10 @@ from jax.sharding import Mesh
 from transfusion_jax import parallel
 from transfusion_jax.data import train_dataset
 from transfusion_jax.train.evaluators import MAIN, EvalContext, build_group_evaluators
+from transfusion_jax.train.freeze import frozen_bn_modules
 from transfusion_jax.train.group.member import (
     Member,
+    check_member,
     close,
     finish,
     open_member,
@@ -93,13 +95,15 @@ def prepare_group(runs: Sequence[tuple[str, ml_collections.ConfigDict, str | Pat
             raise ValueError(f"runs {first.name} and {other.name} cannot train together: "
                              f"they differ in {', '.join(diff)}")
     config, setup = first.config, first.setup
+    abstract = abstract_state(config, setup)
     step = make_group_train_step(setup.model, config.train, setup.loss_name,
-                                 setup.meta.multi_label, mesh)
+                                 setup.meta.multi_label, mesh,
+                                 frozen_bn_modules(config.train, abstract.params))
     example = train_dataset(setup.train_source, config.data, config.train.batch_size,
                             config.seed)[0]
     global_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
         (x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype), example)
-    check_vmappable(step, abstract_state(config, setup), LossAccuracy.empty(), global_batch,
+    check_vmappable(step, abstract, LossAccuracy.empty(), global_batch,
                     len(members), config.train.steps, config.model.name)
     return PreparedGroup(members, mesh, step, jax.tree.map(np.zeros_like, example))
 
@@ -107,11 +111,18 @@ def prepare_group(runs: Sequence[tuple[str, ml_collections.ConfigDict, str | Pat
 def train_group(group: PreparedGroup) -> list[RunResult]:
     """Trains (or resumes) every run of ``group`` to its last step, in its own workdir.
 
+    Raises:
+      ConfigError, CheckpointError: a run may not resume its workdir, or its initialisation
+        cannot be built (a source missing or non-finite); refused before any run of the
+        group writes a training file.
+
     Returns:
       One `RunResult` per run, in order: its summary (as `train_and_evaluate` returns it),
       or the error that stopped it (a non-finite loss).
     """
     threads = max(1, group.members[0].config.data.num_threads // len(group.members))
+    for member in group.members:  # every run checked before any run's first file
+        check_member(member)
     try:
         for member in group.members:
             open_member(member, group.mesh, threads)

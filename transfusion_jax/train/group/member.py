@@ -23,7 +23,8 @@ from transfusion_jax import parallel
 from transfusion_jax.checkpoints import Checkpointer, abstract_like
 from transfusion_jax.data import train_dataset, train_iterator
 from transfusion_jax.train.convergence import ConvergenceTracker
-from transfusion_jax.train.loop import _check_resumable, _finish, _meta, _saved_results
+from transfusion_jax.train.loop import _finish, _meta, _saved_results
+from transfusion_jax.train.resume import check_resume
 from transfusion_jax.train.setup import (
     RunSetup,
     abstract_state,
@@ -78,13 +79,27 @@ class Member:
 
 def prepare_member(name: str, config: ml_collections.ConfigDict, workdir: str | Path,
                    num_data_shards: int) -> Member:
-    """Validates ``config`` and builds the run's setup; writes nothing.
+    """Validates ``config`` and builds the run's setup; reads and writes nothing (a source
+    stage may not be trained yet).
 
     Raises:
       ConfigError, DataError: as `transfusion_jax.train.loop.train_and_evaluate` does.
     """
     validate(config, num_data_shards)
     return Member(name, config, Path(workdir).absolute(), build_run(config))
+
+
+def check_member(member: Member) -> None:
+    """What a run trained alone checks before its first file is written: that its config
+    may resume the run saved in its workdir (`transfusion_jax.train.resume`), or else that
+    its initialisation can be built (its source read and checked,
+    `transfusion_jax.train.sources`); the step-0 state is kept. Writes nothing.
+
+    Raises:
+      ConfigError, CheckpointError: as `transfusion_jax.train.loop.train_and_evaluate`.
+    """
+    if check_resume(member.config, member.workdir) is None:
+        member.state = jax.device_get(initial_state(member.config, member.setup))
 
 
 def open_member(member: Member, mesh: Mesh, num_threads: int) -> None:
@@ -103,10 +118,11 @@ def open_member(member: Member, mesh: Mesh, num_threads: int) -> None:
                                         config.convergence.threshold, config.convergence.mode)
     latest = member.ckpt.latest_step()
     if latest is None:
-        member.state = jax.device_get(initial_state(config, setup))
+        if member.state is None:  # nothing was saved when the group was prepared
+            member.state = jax.device_get(initial_state(config, setup))
         member.initial_variables = member.state.variables
     else:
-        _check_resumable(member.ckpt.restore_meta(latest)["config"], config, member.workdir)
+        check_resume(config, member.workdir)  # again: the workdir may have changed since
         target = abstract_like(abstract_state(config, setup), parallel.replicated(mesh))
         state, member.data_state, saved = member.ckpt.restore(latest, target)
         member.state = jax.device_get(state)

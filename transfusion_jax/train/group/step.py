@@ -35,7 +35,8 @@ def schedule_table(train_config: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def make_group_train_step(model: nn.Module, train_config: ml_collections.ConfigDict,
-                          loss_name: str, multi_label: bool, mesh: Mesh) -> Callable:
+                          loss_name: str, multi_label: bool, mesh: Mesh,
+                          frozen_bn: frozenset[str] = frozenset()) -> Callable:
     """Returns the jitted ``step(state, metrics, batch, tables, started, alive)``.
 
     Args:
@@ -45,6 +46,8 @@ def make_group_train_step(model: nn.Module, train_config: ml_collections.ConfigD
         factors) is common to the group.
       loss_name, multi_label: as for `train_step_fn`.
       mesh: a `parallel.grid_mesh`.
+      frozen_bn: BatchNorm modules run in inference mode (`transfusion_jax.train.freeze`;
+        common to the group, whose runs share ``train.freeze`` and ``lr_multipliers``).
 
     Returns:
       ``step(state, metrics, batch, tables, started, alive) -> (state, metrics, loss,
@@ -58,7 +61,7 @@ def make_group_train_step(model: nn.Module, train_config: ml_collections.ConfigD
             return table[jnp.minimum(count, table.shape[0] - 1)]
 
         step = train_step_fn(model, make_optimizer(train_config, learning_rate), loss_name,
-                             multi_label)
+                             multi_label, frozen_bn)
         new_state, new_metrics, loss = step(state, metrics, batch)
         finite = jnp.isfinite(loss)
         keep = started & alive & finite
