@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import flax.linen as nn
@@ -14,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, smoke_config
+from tests.conftest import run_cli, smoke_config, tree_snapshot
 from transfusion_jax.config import ConfigError, load_config
-from transfusion_jax.experiments.grid import expand_grid, read_status
+from transfusion_jax.experiments.grid import expand_grid, init_variants, read_status
 from transfusion_jax.experiments.grouping import plan_groups, why_alone
 from transfusion_jax.experiments.sweep import run_sweep
 from transfusion_jax.runs import Run, read_metrics
@@ -24,7 +25,9 @@ from transfusion_jax.train.group.loop import prepare_group, train_group
 from transfusion_jax.train.group.rules import differences, shared_settings
 
 SMOKE = "configs/recipe_transfusion.py:smoke"
-RUNS = ("init=mean_var,seed=0", "init=pretrained,seed=0", "init=random,seed=0")
+INITS = ("random", "pretrained", "mean_var", "transfusion:1", "shuffled")
+RUNS = ("init=mean_var,seed=0", "init=pretrained,seed=0", "init=random,seed=0",
+        "init=shuffled,seed=0", "init=transfusion_k1,seed=0")
 
 
 def smoke_sweep(data_dir: str, **sweep):
@@ -33,6 +36,7 @@ def smoke_sweep(data_dir: str, **sweep):
     config.log.tensorboard = False
     config.sweep.seeds = (0,)
     config.sweep.similarity = False
+    config.sweep.axes.init = init_variants(list(INITS))  # every strategy reading a stage
     for key, value in sweep.items():
         config.sweep[key] = value
     return config
@@ -117,8 +121,12 @@ def test_a_model_that_cannot_be_vmapped_names_the_fallback(data_dir, tmp_path, m
 
     from transfusion_jax import models
 
-    monkeypatch.setitem(models.MODELS, "logged_cbr",
-                        lambda n, **o: LoggedCBR(models.MODELS["cbr_tiny"](n, **o)))
+    cbr_tiny = models.MODELS["cbr_tiny"]
+
+    def logged_cbr(num_classes: int, *, width: float = 1.0):  # options checked by signature
+        return LoggedCBR(cbr_tiny(num_classes, width=width))
+
+    monkeypatch.setitem(models.MODELS, "logged_cbr", logged_cbr)
     config = smoke_sweep(data_dir)
     config.model.name = "logged_cbr"
     with pytest.raises(ConfigError, match=r"model 'logged_cbr' cannot be trained vectorised "
@@ -146,7 +154,7 @@ def both_ways(data_dir, tmp_path_factory):
 @pytest.mark.parametrize("name", RUNS)
 def test_vectorised_runs_equal_sequential_runs(both_ways, name):
     together, alone = (both_ways[v] / "runs" / name for v in (True, False))
-    assert read_status(together)["trained_with"] == 3
+    assert read_status(together)["trained_with"] == len(RUNS)
     assert "trained_with" not in read_status(alone)
     files = {p.name for p in alone.iterdir()}
     assert files >= {"metrics.jsonl", "summary.json", "summary.md", "curves.png",
@@ -167,7 +175,7 @@ def test_the_report_reads_vectorised_runs_as_sequential_ones(both_ways):
     tables = [json.loads((both_ways[v] / "aggregate/aggregate.json").read_text())
               for v in (True, False)]
     steps = [{g["label"]: g["run_steps"] for g in t["groups"]} for t in tables]
-    assert steps[0] == steps[1] and len(steps[0]) == 3
+    assert steps[0] == steps[1] and len(steps[0]) == len(RUNS)
 
 
 # -- runs cut off at different steps ---------------------------------------------------------
@@ -207,3 +215,82 @@ def test_runs_cut_off_at_different_steps_resume_to_the_same_end(data_dir, uninte
         strip = lambda records: [{k: v for k, v in r.items() if k != "time"}  # noqa: E731
                                  for r in records]
         assert strip(read_metrics(workdir / name)) == strip(read_metrics(uninterrupted / name))
+
+
+# -- a run's faults stay its own; what a run trained alone checks and honours ----------------
+
+def test_a_run_whose_loss_becomes_nan_fails_alone_and_the_others_finish(data_dir,
+                                                                     uninterrupted, tmp_path):
+    runs = seed_runs(data_dir, tmp_path)
+    runs[1][1].train.schedule.base_lr = 1e30  # seed=1 diverges
+    results = train_group(prepare_group(runs))
+    assert [r.error is None for r in results] == [True, False, True]
+    bad = int(re.search(r"training loss became (nan|inf|-inf) at step (\d+)",
+                        results[1].error).group(2))
+    assert max(r["step"] for r in read_metrics(tmp_path / "seed=1")) < bad  # nothing after
+    failed = Run.open(tmp_path / "seed=1")
+    assert failed.steps[-1] < bad and not (tmp_path / "seed=1" / "summary.json").exists()
+    assert all(np.isfinite(x).all() for x in params(failed, failed.steps[-1]))
+    for name in ("seed=0", "seed=2"):  # its updates were masked: the others are unchanged
+        for x, y in zip(params(Run.open(tmp_path / name), 12),
+                        params(Run.open(uninterrupted / name), 12), strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_group_refuses_to_resume_with_a_changed_batch_size_before_writing(
+        data_dir, uninterrupted, tmp_path):
+    workdir = tmp_path / "group"
+    shutil.copytree(uninterrupted, workdir)
+    before = tree_snapshot(workdir)
+    runs = seed_runs(data_dir, workdir)
+    for _, config, _ in runs:
+        config.train.batch_size //= 2
+    with pytest.raises(ConfigError, match=r"cannot resume the run in .*seed=0 \(step 12\): "
+                                          r"train.batch_size was \d+, now \d+"):
+        train_group(prepare_group(runs))
+    assert tree_snapshot(workdir) == before
+
+
+def test_a_source_holding_nan_is_refused_before_any_run_of_the_group_writes(
+        data_dir, finished_run, tmp_path):
+    from transfusion_jax.weights import flatten, read_orbax_variables, save_npz
+
+    flat = {k: np.array(v) for k, v in
+            flatten(read_orbax_variables(finished_run / "checkpoints" / "12")).items()}
+    flat["params/block2/conv/kernel"][0, 0, 0, 0] = np.nan
+    save_npz(tmp_path / "w.npz", flat)
+    runs = [(f"seed={s}", smoke_config(data_dir, **{
+        "seed": s, "init.name": "pretrained", "init.source": str(tmp_path / "w.npz")}),
+        tmp_path / f"seed={s}") for s in (0, 1)]
+    runs.insert(0, ("random", smoke_config(data_dir), tmp_path / "random"))
+    with pytest.raises(ConfigError, match=r"holds NaN or infinite values in 1 tensor\(s\): "
+                                          r"params/block2/conv/kernel"):
+        train_group(prepare_group(runs))
+    assert not any((tmp_path / name).exists() for name, _, _ in runs)
+
+
+def test_frozen_layers_keep_their_batchnorm_in_a_group(data_dir, tmp_path):
+    """``train.freeze`` in a group: every non-head parameter and BatchNorm statistic of
+    each run stays bit-equal to its step 0 (`transfusion_jax.train.freeze`), the heads
+    train, and each run equals the same run trained alone."""
+    from transfusion_jax.train.loop import train_and_evaluate
+
+    overrides = {"train.freeze": "^(?!head/)", "train.steps": 8}
+    runs = [(f"seed={s}", smoke_config(data_dir, seed=s, **overrides), tmp_path / f"seed={s}")
+            for s in (0, 1)]
+    assert all(r.error is None for r in train_group(prepare_group(runs)))
+    train_and_evaluate(smoke_config(data_dir, seed=1, **overrides), tmp_path / "alone")
+    for name in ("seed=0", "seed=1"):
+        run = Run.open(tmp_path / name)
+        start, end = run.read_variables(0), run.read_variables(8)
+        for key in end["params"]:
+            same = all(np.array_equal(a, b) for a, b in zip(
+                jax.tree.leaves(start["params"][key]), jax.tree.leaves(end["params"][key]),
+                strict=True))
+            assert same == (key != "head"), key
+        for a, b in zip(jax.tree.leaves(start["batch_stats"]),
+                        jax.tree.leaves(end["batch_stats"]), strict=True):
+            np.testing.assert_array_equal(a, b)  # statistics kept, not tracked
+    for x, y in zip(params(Run.open(tmp_path / "seed=1"), 8),
+                    params(Run.open(tmp_path / "alone"), 8), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
