@@ -6,6 +6,7 @@ mapped over runs) as one error naming the fallback."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -123,8 +124,9 @@ def test_a_model_that_cannot_be_vmapped_names_the_fallback(data_dir, tmp_path, m
 
     cbr_tiny = models.MODELS["cbr_tiny"]
 
-    def logged_cbr(num_classes: int, *, width: float = 1.0):  # options checked by signature
-        return LoggedCBR(cbr_tiny(num_classes, width=width))
+    @functools.wraps(cbr_tiny)  # its options are checked against cbr_tiny's signature
+    def logged_cbr(num_classes, **options):
+        return LoggedCBR(cbr_tiny(num_classes, **options))
 
     monkeypatch.setitem(models.MODELS, "logged_cbr", logged_cbr)
     config = smoke_sweep(data_dir)

@@ -78,7 +78,8 @@ def evaluate_runs(eval_step: Callable, variables: Any,
 
     Returns:
       One result per run, each what `evaluate` gives for that run alone (the same
-      accumulation order).
+      accumulation order); a run whose logits are not finite (it failed, and the group
+      loop records nothing more of it) gets the means alone.
     """
     total = None
     logits, labels, masks = [], [], []
@@ -94,8 +95,14 @@ def evaluate_runs(eval_step: Callable, variables: Any,
     means = jax.device_get(jax.vmap(type(total).compute)(total))  # {metric: (R,)}
     logits_all, labels_all, masks_all = (np.concatenate(logits, axis=1),
                                          np.concatenate(labels), np.concatenate(masks))
-    return [_result({k: v[r] for k, v in means.items()}, logits_all[r], labels_all,
-                    masks_all, multi_label) for r in range(logits_all.shape[0])]
+    results = []
+    for r in range(logits_all.shape[0]):
+        if np.isfinite(logits_all[r]).all():
+            results.append(_result({k: v[r] for k, v in means.items()}, logits_all[r],
+                                   labels_all, masks_all, multi_label))
+        else:  # a run failed (non-finite loss), its updates masked: nothing to rank
+            results.append({k: float(v[r]) for k, v in means.items()})
+    return results
 
 
 @functools.cache
