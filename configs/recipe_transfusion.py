@@ -13,8 +13,8 @@ runs of a study differ only in init and seed, so they train together as one comp
 program (``sweep.vectorize``):
 
 - ``quick``: random, pretrained, mean_var; seeds 0-7 (24 runs); 100 steps of 32 images;
-  test accuracy every 5 steps; threshold 95%. Budgeted for under 10 minutes on 2 CPU
-  cores (below).
+  test accuracy every 5 steps; threshold 95%. Budgeted for 10 minutes on 2 CPU cores
+  (below); measured 15 minutes from a fresh clone, so still over budget.
 - default / ``digits``: random, pretrained, mean_var, transfusion k = 1..3 (blocks 1..k
   pretrained), shuffled (pretrained values permuted per tensor) and gabor (synthetic conv1);
   seeds 0-2; 400 steps, evaluated every 25.
