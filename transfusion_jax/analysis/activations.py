@@ -38,7 +38,7 @@ def make_stacked_forward(model: nn.Module, layers: Sequence[str],
     """
     def one(variables, images):
         _, out = model.apply(variables, images, train=False)
-        return [reduce_conv(out[name], reduction).astype(jnp.float32) for name in layers]
+        return [reduce_conv(out[n], reduction, layout="NHWC").astype(jnp.float32) for n in layers]
 
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
 

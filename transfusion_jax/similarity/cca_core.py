@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transfusion_jax.similarity import eigh as eigh_lib
-from transfusion_jax.similarity import validation
+from transfusion_jax.similarity import interop, validation
 from transfusion_jax.similarity.precision import full_precision
 
 
@@ -232,6 +232,7 @@ def prepare_pair(
     Returns:
       ``x (n, dx)``, ``y (n, dy)`` and ``rtol ()``.
     """
+    x, y = interop.accept_all(x, y)
     validation.check_pair(x, y, min_examples=min_examples, reason="a covariance needs n >= 2")
     dtype = validation.compute_dtype(x, y)
     x, y = validation.as_float(x, dtype), validation.as_float(y, dtype)

@@ -80,6 +80,18 @@ def _device_extremes(values: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.isfinite(jnp.sum(values)), jnp.all(hi == lo, axis=-1)
 
 
+def all_finite(values: Any) -> bool:
+    """Whether every value is finite, read where the array lives (one reduction)."""
+    if isinstance(values, jax.Array):
+        return bool(_device_all_finite(values))
+    return bool(np.all(np.isfinite(np.asarray(values))))
+
+
+@jax.jit
+def _device_all_finite(values: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(values))
+
+
 def _raise_non_finite(name: str, values: Any) -> None:
     """Raises, with the count of NaN/inf values (only ever called once one is known)."""
     values = np.asarray(values)
@@ -116,8 +128,8 @@ def check_representation(
     shape = np.shape(x)
     if len(shape) != 2:
         hint = (
-            " Reduce conv maps (n, h, w, c) first with similarity.reduce_conv(x, "
-            "'flatten_positions' | 'mean_pool' | 'flatten_all')."
+            " Reduce conv maps first with similarity.reduce_conv(x, 'flatten_positions' | "
+            "'mean_pool' | 'flatten_all', layout='NHWC' | 'NCHW')."
             if len(shape) == 4
             else ""
         )
