@@ -93,12 +93,10 @@ def test_torch_bfloat16_and_grad_tensors_are_accepted():
     assert sim.reduce_conv(maps, "mean_pool").shape == (12, 6)
     acts = [torch.from_numpy(np.stack([x, x[::-1]])).requires_grad_(True),
             torch.from_numpy(np.stack([y, y])).to(torch.bfloat16)]
-    m = sim.linear_cka_matrix(acts)
-    assert m.shape == (4, 4) and np.isfinite(np.asarray(m)).all()
-    spec = streaming.StreamSpec.create(acts)
-    stats = streaming.update(streaming.init(spec, acts), acts, spec=spec)
-    np.testing.assert_allclose(np.asarray(streaming.linear_cka(stats, spec=spec))[0], 1.0,
-                               atol=1e-6)
+    m = np.asarray(sim.linear_cka_matrix(acts))
+    assert m.shape == (4, 4) and np.isfinite(m).all()
+    assert m[0, 1] == pytest.approx(want, abs=2e-2)  # checkpoint 0, layer 0 vs layer 1
+    assert streaming.StreamSpec.create(acts).layout == sim.ItemLayout(2, (6, 4))
     assert interop.from_torch(bx).dtype == np.float32
 
 
