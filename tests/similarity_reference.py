@@ -171,6 +171,20 @@ def released_pwcca(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.
     return float(np.sum(weights * s)), s, weights
 
 
+def released_cca(x: np.ndarray, y: np.ndarray, epsilon: float = 0.0) -> np.ndarray:
+    """google/svcca's get_cca_similarity coefficients ("cca_coef1") for ``x (n, dx)``,
+    ``y (n, dy)``: the singular values of ``Sxx^-1/2 Sxy Syy^-1/2`` of the max-normalised
+    covariances, ``epsilon`` added to their diagonals."""
+    dx = x.shape[1]
+    cov = np.cov(x.T, y.T)
+    sxx, sxy, syy = cov[:dx, :dx], cov[:dx, dx:], cov[dx:, dx:]
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx = sxx / xmax + epsilon * np.eye(dx)
+    syy = syy / ymax + epsilon * np.eye(syy.shape[0])
+    sxy = sxy / np.sqrt(xmax * ymax)
+    return np.linalg.svd(_inverse_sqrt(sxx) @ sxy @ _inverse_sqrt(syy), compute_uv=False)
+
+
 def released_svcca(x: np.ndarray, y: np.ndarray, keep) -> float:
     """The SVCCA recipe of google/svcca's introduction tutorial, then get_cca_similarity with
     epsilon 1e-10, mean of all its coefficients.
@@ -192,16 +206,9 @@ def released_svcca(x: np.ndarray, y: np.ndarray, keep) -> float:
             k = int(np.searchsorted(frac, keep) + 1)
         return (s[:k, None] * v[:k]), k
 
-    rx, kx = reduce(x)
-    ry, ky = reduce(y)
-    cov = np.cov(rx, ry)
-    sxx, sxy, syy = cov[:kx, :kx], cov[:kx, kx:], cov[kx:, kx:]
-    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
-    sxx = sxx / xmax + 1e-10 * np.eye(kx)
-    syy = syy / ymax + 1e-10 * np.eye(ky)
-    sxy = sxy / np.sqrt(xmax * ymax)
-    coefs = np.linalg.svd(_inverse_sqrt(sxx) @ sxy @ _inverse_sqrt(syy), compute_uv=False)
-    return float(np.mean(coefs))
+    rx, _ = reduce(x)
+    ry, _ = reduce(y)
+    return float(np.mean(released_cca(rx.T, ry.T, epsilon=1e-10)))
 
 
 def relu_case(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

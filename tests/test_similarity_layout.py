@@ -103,3 +103,34 @@ def test_torch_bfloat16_and_grad_tensors_are_accepted():
 def test_non_torch_objects_pass_through():
     x = np.ones((3, 2))
     assert interop.accept(x) is x and not interop.is_torch(x)
+
+
+def test_resnet18_nchw_maps_keep_their_channels():
+    """Issue 15's case: torchvision ResNet-18 maps of 64x64 images are (n, c, h, w); read as
+    (n, h, w, c) mean_pool kept 16 "features" of layer1 and 2 of layer4."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    models = [torchvision.models.resnet18(weights=None).eval() for _ in range(2)]
+    images = torch.randn(8, 3, 64, 64)
+    maps = []
+    for model in models:
+        out = {}
+        model.layer1.register_forward_hook(lambda m, i, o, out=out: out.update(layer1=o))
+        model.layer4.register_forward_hook(lambda m, i, o, out=out: out.update(layer4=o))
+        model(images)  # the outputs still require grad
+        maps.append(out)
+    assert tuple(maps[0]["layer1"].shape) == (8, 64, 16, 16)
+    assert sim.reduce_conv(maps[0]["layer1"], "mean_pool").shape == (8, 64)
+    assert sim.reduce_conv(maps[0]["layer4"], "mean_pool").shape == (8, 512)
+    misread = [sim.reduce_conv(maps[0][k].detach().numpy(), "mean_pool", layout="NHWC")
+               for k in ("layer1", "layer4")]
+    assert [m.shape[1] for m in misread] == [16, 2]
+    for key in ("layer1", "layer4"):
+        a, b = (m[key] for m in maps)
+        nhwc = [np.transpose(t.detach().numpy(), (0, 2, 3, 1)) for t in (a, b)]
+        want = float(sim.linear_cka(*(sim.reduce_conv(t, "flatten_positions", layout="NHWC")
+                                      for t in nhwc)))
+        got = float(sim.linear_cka(sim.reduce_conv(a, "flatten_positions"),
+                                   sim.reduce_conv(b, "flatten_positions")))
+        assert got == pytest.approx(want, abs=1e-6)

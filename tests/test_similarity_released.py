@@ -40,6 +40,14 @@ def test_issue_case_reproduces_released_value_in_both_orders(x64):
     assert float(definition.mean) == pytest.approx(ref.pwcca(x, y)[0], abs=1e-9)
 
 
+def test_cca_agrees_with_released_coefficients(x64):
+    x, y = ref.relu_case()
+    want = ref.released_cca(x, y)
+    got = sim.cca(x, y)
+    np.testing.assert_allclose(np.asarray(got.rhos), want, atol=1e-9)
+    assert float(sim.cca(y, x).mean) == pytest.approx(float(np.mean(want)), abs=1e-9)
+
+
 @pytest.mark.parametrize("shape", [(300, 6, 9), (300, 9, 6), (250, 7, 7), (500, 24, 40)])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_released_pwcca_matches_reference_float64(x64, shape, seed):

@@ -15,6 +15,7 @@ import numpy as np
 from transfusion_jax.similarity import cca_core as cca_lib
 from transfusion_jax.similarity import cka as cka_lib
 from transfusion_jax.similarity import compensated as comp
+from transfusion_jax.similarity import eigh as eigh_lib
 from transfusion_jax.similarity import pwcca_core as pwcca_lib
 from transfusion_jax.similarity import svcca_core as svcca_lib
 
@@ -111,8 +112,11 @@ def linear_cka_values(stats, *, spec, debiased: bool) -> jax.Array:
 
 def cca_values(stats, epsilon, rtol, *, spec, method: str, keep, only: tuple[int, ...],
                convention: str) -> jax.Array:
-    """``(Q,)`` mean CCA / SVCCA / PWCCA of the pair numbers `only` (NaN elsewhere), looped
-    (`lax.map`) over the pairs of each width pair.
+    """``(Q,)`` mean CCA / SVCCA / PWCCA of the pair numbers `only` (NaN elsewhere).
+
+    Each item's covariance is decomposed once (looped with `lax.map` over the items of each
+    width) and shared by every pair it takes part in; per pair only the whitened
+    cross-covariance's decomposition remains (looped over the pairs of each width pair).
 
     Args:
       stats: stream stats; spec: its spec.
@@ -130,22 +134,42 @@ def cca_values(stats, epsilon, rtol, *, spec, method: str, keep, only: tuple[int
         for q, k in enumerate(ks):
             where[spec.blocks[k]] = (b, q)
 
-    def one(args):
-        sxx, syy, sxy, mean_x, mean_y = args
-        if method == "cca":
-            return cca_lib.cca_from_cov(sxx, syy, sxy, epsilon, rtol).mean
-        if method == "svcca":
-            return svcca_lib.svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol).mean
-        return pwcca_lib.pwcca_from_cov(sxx, syy, sxy, epsilon, rtol, convention=convention,
-                                        mean_x=mean_x, mean_y=mean_y, n=n).mean
-
     def gather(blocks):
         b = where[blocks[0]][0]
         return centered[b][np.asarray([where[k][1] for k in blocks])] / (n - 1)
 
-    def item_mean(items):
-        located = [spec.layout.locate(i) for i in items]
-        return means[located[0][0]][np.asarray([r for _, r in located])]
+    # Per width: the covariances, means and descending eigendecompositions of its items.
+    items = sorted({i for q in only for i in spec.pairs[q]})
+    by_width: dict = {}
+    for i in items:
+        by_width.setdefault(spec.layout.item_width(i), []).append(i)
+    slot = {}  # item -> (width, row)
+    per_width = {}
+    for width, its in by_width.items():
+        covs = gather([(i, i) for i in its])
+        located = [spec.layout.locate(i) for i in its]
+        mean = means[located[0][0]][np.asarray([r for _, r in located])]
+        # lax.map, not vmap: a batched eigh of many small matrices was far slower on CPU.
+        eig = jax.lax.map(eigh_lib.eigh_descending, covs)
+        per_width[width] = (covs, mean, eig)
+        slot.update({i: (width, r) for r, i in enumerate(its)})
+
+    def side(items_of_pairs):
+        width = slot[items_of_pairs[0]][0]
+        rows = np.asarray([slot[i][1] for i in items_of_pairs])
+        covs, mean, (lam, vec) = per_width[width]
+        return covs[rows], mean[rows], (lam[rows], vec[rows])
+
+    def one(args):
+        sxx, syy, sxy, mean_x, mean_y, eig_x, eig_y = args
+        if method == "cca":
+            return cca_lib.cca_from_eig(eig_x, eig_y, sxy, epsilon, rtol).mean
+        if method == "svcca":
+            return svcca_lib.svcca_from_eig(eig_x, eig_y, sxy, keep, rtol).mean
+        moments = None
+        if convention == "released":
+            moments = pwcca_lib.Moments(sxx, syy, mean_x, mean_y, n)
+        return pwcca_lib.pwcca_from_eig(eig_x, eig_y, sxy, epsilon, rtol, moments).mean
 
     out = jnp.full((len(spec.pairs),), jnp.nan, stats.shift[0].dtype)
     by_bucket: dict = {}
@@ -153,9 +177,8 @@ def cca_values(stats, epsilon, rtol, *, spec, method: str, keep, only: tuple[int
         by_bucket.setdefault(where[spec.pairs[q]][0], []).append(q)
     for qs in by_bucket.values():
         pairs = [spec.pairs[q] for q in qs]
-        args = (gather([(i, i) for i, _ in pairs]), gather([(j, j) for _, j in pairs]),
-                gather(pairs), item_mean([i for i, _ in pairs]), item_mean([j for _, j in pairs]))
-        # lax.map, not vmap: one compiled body looped over the pairs (a batched eigh of
-        # many small matrices was far slower here, and unrolling grows the program).
-        out = out.at[np.asarray(qs)].set(jax.lax.map(one, args))
+        sxx, mean_x, eig_x = side([i for i, _ in pairs])
+        syy, mean_y, eig_y = side([j for _, j in pairs])
+        out = out.at[np.asarray(qs)].set(
+            jax.lax.map(one, (sxx, syy, gather(pairs), mean_x, mean_y, eig_x, eig_y)))
     return out
