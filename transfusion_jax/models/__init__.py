@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from transfusion_jax.config import ConfigError
 from transfusion_jax.models.cbr import make_cbr
@@ -44,6 +46,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# model.dtype -> the compute dtype (parameters stay float32).
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def build_model(name: str, num_classes: int, **options: Any) -> nn.Module:
     """Builds ``MODELS[name]``; a bad name or option raises `ConfigError` naming the fix."""
     if name not in MODELS:
@@ -52,3 +58,33 @@ def build_model(name: str, num_classes: int, **options: Any) -> nn.Module:
         return MODELS[name](num_classes, **options)
     except TypeError as e:
         raise ConfigError(f"bad options for model {name!r} (model.options): {e}") from e
+
+
+def model_from_config(model_config: Any, num_classes: int) -> nn.Module:
+    """The model a config's ``model`` section describes (name, dtype, options).
+
+    Args:
+      model_config: ``config.model`` (``name``, ``dtype``, ``options``).
+      num_classes: width of the classifier head.
+
+    Raises:
+      ConfigError: an unknown name, dtype or option.
+    """
+    if model_config.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={model_config.dtype!r} is not valid; choose one of: "
+                          f"{', '.join(DTYPES)}")
+    return build_model(model_config.name, num_classes, dtype=DTYPES[model_config.dtype],
+                       **dict(model_config.options))
+
+
+def representation_names(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """The named intermediates a model returns in ``out`` (except ``logits``), in forward
+    order: its blocks first, then ``pre_logits``, then any others by name. Computed from
+    shapes alone (nothing is run)."""
+    def forward(x):
+        variables = model.init(jax.random.PRNGKey(0), x)
+        return model.apply(variables, x)[1]
+
+    names = set(jax.eval_shape(forward, jnp.zeros(input_shape)))
+    order = [b for b in model.block_names() if b in names] + ["pre_logits"]
+    return order + sorted(names - set(order) - {"logits"})
