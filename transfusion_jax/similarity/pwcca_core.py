@@ -56,7 +56,6 @@ import numpy as np
 
 from transfusion_jax.similarity import cca_core as cca_lib
 from transfusion_jax.similarity import eigh as eigh_lib
-from transfusion_jax.similarity import validation
 from transfusion_jax.similarity.precision import full_precision
 
 CONVENTIONS = ("released", "definition")
@@ -324,10 +323,6 @@ def _pwcca_ascending(eig_x, eig_y, sxx, syy, sxy, mean_x, mean_y, n, epsilon, rt
                           rtol, moments)
 
 
-_covariances_and_means = jax.jit(
-    lambda x, y: (*cca_lib.covariances(x, y), jnp.mean(x, axis=0), jnp.mean(y, axis=0)))
-
-
 @full_precision
 def pwcca(
     x: jax.Array,
@@ -359,15 +354,7 @@ def pwcca(
       ValueError: unknown convention.
     """
     check_convention(convention)
-    x, y, rtol = cca_lib.prepare_pair(x, y, rtol)
-    epsilon = jnp.asarray(epsilon, x.dtype)
-    n = jnp.asarray(x.shape[0], x.dtype)
-    released = convention == "released"
-    if not validation.is_concrete(x, y):
-        sxx, syy, sxy, mean_x, mean_y = _covariances_and_means(x, y)
-        return pwcca_from_cov(sxx, syy, sxy, epsilon, rtol, convention=convention,
-                              mean_x=mean_x, mean_y=mean_y, n=n)
-    sxx, syy, sxy, mean_x, mean_y = _covariances_and_means(x, y)
-    eig_x, eig_y = eigh_lib.eigh_upper_many([sxx, syy], symmetrize=False)
-    return _pwcca_ascending(eig_x, eig_y, sxx, syy, sxy, mean_x, mean_y, n, epsilon, rtol,
-                            released=released)
+    m = cca_lib.pair_moments(x, y, rtol, means=True)
+    return _pwcca_ascending(m.eig_x, m.eig_y, m.sxx, m.syy, m.sxy, m.mean_x, m.mean_y, m.n,
+                            jnp.asarray(epsilon, m.sxy.dtype), m.rtol,
+                            released=convention == "released")
