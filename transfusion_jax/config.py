@@ -124,6 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.similarity.debiased = False
     c.similarity.svcca = True
     c.similarity.svcca_keep = 0.99
+    # Bootstrap intervals over examples and null bands (examples permuted: the value of two
+    # unrelated representations) for the pairs the tables and figures show; used by the
+    # similarity job, analyze and the sweep report. 0 turns that part off.
+    c.similarity.bootstrap = 50
+    c.similarity.null = 20
+    c.similarity.confidence = 0.95
 
     # job = sweep: train every variant of the grid (axes x seeds) under the workdir, then
     # aggregate. An axis is {label: partial config tree}, e.g. axes.init = {"random": {"init":
