@@ -29,6 +29,7 @@ def sweep_config(run_dir, **overrides):
     config.similarity.run_dir = str(run_dir)
     config.similarity.max_examples = 48
     config.similarity.batch_size = 32
+    config.similarity.bootstrap, config.similarity.null = 8, 4  # cheap replicates
     for key, value in overrides.items():
         config.similarity[key] = value
     return config
@@ -81,6 +82,7 @@ def test_similarity_job_errors_name_the_fix(run_dir, tmp_path):
 def test_similarity_job_command_line(data_dir, run_dir, tmp_path):
     proc = run_cli(tmp_path, data_dir, f"--config.similarity.run_dir={run_dir}",
                    "--config.similarity.max_examples=32", "--config.similarity.pairs=plots",
+                   "--config.similarity.bootstrap=4", "--config.similarity.null=2",
                    config="configs/similarity_sweep.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = np.load(tmp_path / "similarity.npz")

@@ -87,7 +87,7 @@ class UncertaintyStream:
         """Per measure of ``values`` (``linear_cka``, ``svcca``): ``boot (B, Q)`` and
         ``null (K, Q)`` replicates aligned with ``all_pairs`` (NaN for pairs without
         replicates or without a value)."""
-        index = {tuple(p): q for q, p in enumerate(all_pairs.tolist())}
+        index = {tuple(sorted(p)): q for q, p in enumerate(all_pairs.tolist())}
         rows = np.asarray([index[tuple(p)] for p in self.pairs.tolist()], np.int64)
         out = {}
         for name, value in values.items():
@@ -120,9 +120,11 @@ def summaries(values: dict[str, np.ndarray], replicates: dict[str, resample.Repl
 
 def cca_warnings(method: str, num_rows: int, widths: Sequence[int], pairs: np.ndarray,
                  value: np.ndarray) -> list[str | None]:
-    """Per pair, the few-examples warning of a computed CCA-family value (else None)."""
+    """Per pair, the few-examples warning of a computed CCA-family value (else None; an
+    item compared with itself is 1 at any sample size and gets none)."""
     out = intervals.few_examples_warnings(method, num_rows, widths, pairs)
-    return [w if np.isfinite(v) else None for w, v in zip(out, value, strict=True)]
+    return [w if np.isfinite(v) and i != j else None
+            for w, v, (i, j) in zip(out, value, np.asarray(pairs).tolist(), strict=True)]
 
 
 def log_warnings(warnings: dict[str, list[str | None]]) -> None:

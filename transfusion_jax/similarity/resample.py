@@ -25,7 +25,8 @@ rows per image are resampled and permuted as one example).
 
 Cost: ``B + K`` weighted accumulations per batch beside the point stream's one (and memory
 ``(B + K) x`` its state, checked before allocating); the read-out repeats the point read-out
-``B + K`` times (vmapped). Restrict ``pairs`` to those a table or figure shows.
+``B + K`` times (vmapped for CKA, looped with `lax.map` for the CCA family). Restrict
+``pairs`` to those a table or figure shows.
 
 Usage::
 
@@ -192,8 +193,12 @@ def update(stats: ResampleStats, batch: layout_lib.Activations, *, spec: Resampl
     return _update(stats, groups, spec=spec)
 
 
-def _over_replicates(fn, stats):
-    return None if stats is None else jax.vmap(fn)(stats)
+def _over_replicates(fn, stats, *, looped: bool = False):
+    """``fn`` of each replicate: vmapped, or looped (`lax.map`: one compiled body; a
+    vmapped eigendecomposition batches many small matrices, far slower on CPU)."""
+    if stats is None:
+        return None
+    return jax.lax.map(fn, stats) if looped else jax.vmap(fn)(stats)
 
 
 @partial(jax.jit, static_argnames=("spec", "debiased"))
@@ -217,7 +222,8 @@ def linear_cka(stats: ResampleStats, *, spec: ResampleSpec,
 def _cca(stats, epsilon, rtol, *, spec, method, keep, only, convention) -> Replicates:
     fn = partial(readout.cca_values, epsilon=epsilon, rtol=rtol, spec=spec.stream,
                  method=method, keep=keep, only=only, convention=convention)
-    return Replicates(_over_replicates(fn, stats.boot), _over_replicates(fn, stats.null))
+    return Replicates(_over_replicates(fn, stats.boot, looped=True),
+                      _over_replicates(fn, stats.null, looped=True))
 
 
 @full_precision
