@@ -95,12 +95,12 @@ def plot_similarity(workdir: Path, steps: list[int], layers: list[str],
         ax.set(xlabel="training step", ylabel=LABELS.get(name, name), ylim=(0, 1.02),
                title=f"{LABELS.get(name, name)} to step {steps[0]}, per layer")
         ax.grid(alpha=0.3)
+    # The legend goes on the first panel, lower left: CCA-family null bands sit higher.
     if bands:
-        axes[0][-1].plot([], [], color="0.5", linewidth=6, alpha=0.3,
-                         label="bootstrap interval")
-        axes[0][-1].fill_between([], [], [], facecolor="none", edgecolor="0.5", hatch="///",
-                                 label="null band (examples permuted)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+        axes[0][0].plot([], [], color="0.5", linewidth=6, alpha=0.3, label="bootstrap interval")
+        axes[0][0].fill_between([], [], [], facecolor="none", edgecolor="0.5", hatch="///",
+                                label="null band (examples permuted)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
     save_figure(fig, workdir / "to_init.png")
 
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.4), squeeze=False,
