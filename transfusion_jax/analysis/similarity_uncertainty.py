@@ -26,8 +26,12 @@ from transfusion_jax.similarity import intervals, resample
 
 log = logging.getLogger(__name__)
 
-# Columns a table gets per measure, after the value: Summary field -> column suffix.
-COLUMNS = {"low": "low", "high": "high", "null_low": "null_low", "null_high": "null_high"}
+# Columns a table gets per measure, after the value: Summary field -> column suffix. The
+# bias (mean bootstrap replicate minus the value) says when the percentile interval lies
+# above the value: CCA-family estimates at a few examples per feature are biased upward, and
+# a resample (duplicated examples) more so.
+COLUMNS = {"low": "low", "high": "high", "bias": "bias", "null_low": "null_low",
+           "null_high": "null_high"}
 
 
 @dataclasses.dataclass(frozen=True)
