@@ -76,7 +76,8 @@ def plot_similarity(workdir: Path, steps: list[int], layers: list[str],
         (NaN: none), drawn as bands on the curves and as hatching on the heatmaps.
     """
     names = list(matrices)
-    bands = bands or {}
+    # Only bands with numbers (bootstrap = null = 0 gives all-NaN ones).
+    bands = {k: b for k, b in (bands or {}).items() if np.isfinite(b).any()}
     nan = np.full_like(next(iter(matrices.values())), np.nan)
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False,
                              constrained_layout=True)
