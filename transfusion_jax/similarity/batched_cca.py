@@ -38,7 +38,7 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
     n = groups[0].shape[1]
     # Per item, once: covariance and its eigendecomposition.
     covs = [jnp.einsum("pni,pnj->pij", g, g) / (n - 1) for g in groups]
-    eig = [jax.vmap(eigh_lib.eigh_descending)(c) for c in covs]
+    eig = [eigh_lib.eigh_descending_many(c) for c in covs]
     out = jnp.zeros((len(pairs),), groups[0].dtype)
     for (gi, gj), rows in _pair_buckets(pairs, layout).items():
         q = np.asarray([r[0] for r in rows])
