@@ -204,14 +204,21 @@ _covariances = jax.jit(covariances, static_argnames=("normalize",))
 def covariances_and_eigh(
     x: jax.Array, y: jax.Array, *, normalize: bool = True
 ) -> tuple[eigh_lib.Eig, eigh_lib.Eig, jax.Array]:
-    """`covariances` of concrete ``x (n, dx)``, ``y (n, dy)`` and their eigendecompositions.
+    """`covariances` of ``x (n, dx)``, ``y (n, dy)`` and their eigendecompositions: the
+    second half of the CCA family's front end (after `prepare_pair`), shared by `cca`,
+    `svcca` and `pwcca`.
 
-    The two decompositions go through `eigh.eigh_upper_many` (side by side on a multi-core
-    CPU). `covariances` is exactly symmetric, so no symmetrising pass is needed.
+    Concrete arrays: the two decompositions go through `eigh.eigh_upper_many` (side by side
+    on a multi-core CPU). Tracers (under ``jit``/``vmap``): in graph, `eigh.eigh_upper_pair`.
+    `covariances` is exactly symmetric, so no symmetrising pass is needed.
 
     Returns:
       Ascending ``eig_x``, ``eig_y`` of ``S_xx``, ``S_yy`` and ``S_xy (dx, dy)``.
     """
+    if not validation.is_concrete(x, y):
+        sxx, syy, sxy = covariances(x, y, normalize=normalize)
+        eig_x, eig_y = eigh_lib.eigh_upper_pair(sxx, syy, symmetrize=False)
+        return eig_x, eig_y, sxy
     sxx, syy, sxy = _covariances(x, y, normalize=normalize)
     eig_x, eig_y = eigh_lib.eigh_upper_many([sxx, syy], symmetrize=False)
     return eig_x, eig_y, sxy
@@ -260,7 +267,4 @@ def cca(
       `CCAResult` (``rhos``, ``mean``, ``count``).
     """
     x, y, rtol = prepare_pair(x, y, rtol)
-    epsilon = jnp.asarray(epsilon, x.dtype)
-    if not validation.is_concrete(x, y):
-        return cca_from_cov(*covariances(x, y), epsilon, rtol)
-    return _cca_ascending(*covariances_and_eigh(x, y), epsilon, rtol)
+    return _cca_ascending(*covariances_and_eigh(x, y), jnp.asarray(epsilon, x.dtype), rtol)

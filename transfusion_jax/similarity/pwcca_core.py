@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 from transfusion_jax.similarity import cca_core as cca_lib
 from transfusion_jax.similarity import eigh as eigh_lib
-from transfusion_jax.similarity import validation
 from transfusion_jax.similarity.precision import full_precision
 
 
@@ -142,7 +141,5 @@ def pwcca(
       `PWCCAResult`; ``mean`` is the PWCCA similarity.
     """
     x, y, rtol = cca_lib.prepare_pair(x, y, rtol)
-    epsilon = jnp.asarray(epsilon, x.dtype)
-    if not validation.is_concrete(x, y):
-        return pwcca_from_cov(*cca_lib.covariances(x, y), epsilon, rtol)
-    return _pwcca_ascending(*cca_lib.covariances_and_eigh(x, y), epsilon, rtol)
+    return _pwcca_ascending(*cca_lib.covariances_and_eigh(x, y), jnp.asarray(epsilon, x.dtype),
+                            rtol)

@@ -166,7 +166,8 @@ def update(
       stats: current stats (donated: do not reuse the old value).
       batch: ``(C, L, b, d)`` or a list over layers of ``(C, b, d_l)``.
       spec: the stream's `StreamSpec`.
-      check: raise on NaN/inf in the batch (one host transfer per batch).
+      check: raise on NaN/inf in the batch (checked on the batch's own device, see
+        `validation.all_finite`: one scalar per leaf comes back, not the batch).
 
     Returns:
       Updated stats.
@@ -178,7 +179,7 @@ def update(
         )
     if check:
         for leaf in jax.tree.leaves(batch):
-            if validation.is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
+            if validation.is_concrete(leaf) and not validation.all_finite(leaf):
                 raise validation.SimilarityInputError(
                     "a streamed batch contains NaN or inf activations; the similarity of "
                     "non-finite activations is undefined."

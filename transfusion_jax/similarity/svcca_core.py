@@ -130,6 +130,12 @@ def _correlate(lx, vx, ly, vy, sxy, rtol, *, kx: int, ky: int, keep: float | int
     return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
 
 
+@partial(jax.jit, static_argnames=("keep",))
+def _svcca_ascending(lx, vx, ly, vy, sxy, rtol, *, keep: float | int) -> cca_lib.CCAResult:
+    return svcca_from_eig(eigh_lib.descending((lx, vx)), eigh_lib.descending((ly, vy)), sxy,
+                          keep, rtol)
+
+
 def _bucket(k: int, d: int, step: int = 64) -> int:
     return int(min(d, -(-max(k, 1) // step) * step))
 
@@ -157,12 +163,11 @@ def svcca(
     """
     _check_keep(keep)
     x, y, rtol = cca_lib.prepare_pair(x, y, rtol)
-    if not validation.is_concrete(x, y):
-        sxx, syy, sxy = cca_lib.covariances(x, y)
-        return svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol)
     # Unnormalised Grams: the keep fraction and rank cut are relative and the whitened
     # cross product is scale-free, so dividing by n - 1 would only cost three passes.
     (lx, vx), (ly, vy), sxy = cca_lib.covariances_and_eigh(x, y, normalize=False)
+    if not validation.is_concrete(x, y):  # kept sizes unknown while tracing: full size, masked
+        return _svcca_ascending(lx, vx, ly, vy, sxy, rtol, keep=keep)
     kx = int(jnp.sum(keep_mask(lx[::-1], keep)))
     ky = int(jnp.sum(keep_mask(ly[::-1], keep)))
     res = _correlate(lx, vx, ly, vy, sxy, rtol, kx=_bucket(kx, x.shape[1]),
