@@ -129,7 +129,7 @@ print("done")
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU LAPACK path")
 def test_many_pairs_in_one_program_finish():
-    """The program that hung with batched pairs (16 pairs of 200-440 wide matrices, 15 calls
+    """The program that hung with batched pairs (8 pairs of 200-312 wide matrices, 15 calls
     on 2 threads) finishes; run in a subprocess so that a deadlock fails instead of hanging."""
     import subprocess
     import sys

@@ -7,7 +7,7 @@ on GPU/TPU, and one matrix per call on CPU. jaxlib's CPU LAPACK kernels (0.10) s
 batched call into tasks on XLA's intra-op thread pool and block until they finish, so a
 program holding as many independent batched decompositions as the pool has threads (two on
 a 2-core machine) can deadlock, every thread waiting for tasks no thread is left to run
-(reproduced here: one jitted program with 16 batched pairs of 200-440 wide covariances hung
+(reproduced here: one jitted program with 8 batched pairs of 200-312 wide covariances hung
 on 2 cores; the same decompositions one matrix per call did not).
 
 On CPU, XLA runs ``eigh`` as a LAPACK call (``syevd``) threaded by OpenBLAS. Its first stage,
