@@ -115,7 +115,7 @@ def test_no_batched_decomposition_in_graph_on_cpu():
         np.testing.assert_allclose(np.asarray(m @ vm), np.asarray(vm * lm[None]), atol=1e-2)
 
 
-SIXTEEN_PAIRS = """
+EIGHT_PAIRS = """
 import jax, jax.numpy as jnp, numpy as np
 from transfusion_jax.similarity import eigh as eigh_lib
 rng = np.random.default_rng(0)
@@ -136,6 +136,6 @@ def test_many_pairs_in_one_program_finish():
 
     from tests.conftest import ROOT, cli_env
 
-    proc = subprocess.run([sys.executable, "-c", SIXTEEN_PAIRS], cwd=ROOT, env=cli_env(),
+    proc = subprocess.run([sys.executable, "-c", EIGHT_PAIRS], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]

@@ -208,17 +208,13 @@ def covariances_and_eigh(
     second half of the CCA family's front end (after `prepare_pair`), shared by `cca`,
     `svcca` and `pwcca`.
 
-    Concrete arrays: the two decompositions go through `eigh.eigh_upper_many` (side by side
-    on a multi-core CPU). Tracers (under ``jit``/``vmap``): in graph, `eigh.eigh_upper_pair`.
-    `covariances` is exactly symmetric, so no symmetrising pass is needed.
+    The two decompositions go through `eigh.eigh_upper_many`: side by side on a multi-core
+    CPU for concrete arrays, in graph for tracers (under ``jit``/``vmap``). `covariances` is
+    exactly symmetric, so no symmetrising pass is needed.
 
     Returns:
       Ascending ``eig_x``, ``eig_y`` of ``S_xx``, ``S_yy`` and ``S_xy (dx, dy)``.
     """
-    if not validation.is_concrete(x, y):
-        sxx, syy, sxy = covariances(x, y, normalize=normalize)
-        eig_x, eig_y = eigh_lib.eigh_upper_pair(sxx, syy, symmetrize=False)
-        return eig_x, eig_y, sxy
     sxx, syy, sxy = _covariances(x, y, normalize=normalize)
     eig_x, eig_y = eigh_lib.eigh_upper_many([sxx, syy], symmetrize=False)
     return eig_x, eig_y, sxy
