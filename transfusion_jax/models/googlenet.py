@@ -28,6 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from transfusion_jax.models.head import pooled_head
 from transfusion_jax.models.inputs import imagenet_to_inception_range
@@ -63,7 +64,10 @@ def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0) ->
         if (n_out - 1) * stride >= size + padding:
             n_out -= 1
         pads.append((padding, (n_out - 1) * stride + window - size - padding))
-    init = jnp.array(-jnp.inf, x.dtype)
+    # A concrete (NumPy) -inf: JAX then lowers the max-pool reduction it knows how to
+    # differentiate; a jnp array made under jit is a tracer and the generic reduce_window
+    # has no reverse-mode rule.
+    init = np.array(-np.inf, x.dtype)
     return jax.lax.reduce_window(x, init, jax.lax.max, (1, window, window, 1),
                                  (1, stride, stride, 1), [(0, 0), *pads, (0, 0)])
 
