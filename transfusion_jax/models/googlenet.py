@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
 from transfusion_jax.models.inputs import imagenet_to_inception_range
 
@@ -79,13 +80,15 @@ class BasicConv2d(nn.Module):
     kernel: int
     strides: int = 1
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         p = self.kernel // 2
-        x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
-                    padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype,
-                    kernel_init=nn.initializers.truncated_normal(0.01), name="conv")(x)
+        x = Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
+                 padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype,
+                 kernel_init=nn.initializers.truncated_normal(0.01), impl=self.conv_impl,
+                 name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
                          dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
@@ -101,12 +104,13 @@ class Inception(nn.Module):
     ch5x5: int
     pool_proj: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """``(n, h, w, c_in) -> (n, h, w, ch1x1 + ch3x3 + ch5x5 + pool_proj)``."""
         def conv(f, k, name):
-            return BasicConv2d(f, k, dtype=self.dtype, name=name)
+            return BasicConv2d(f, k, dtype=self.dtype, conv_impl=self.conv_impl, name=name)
 
         b1 = conv(self.ch1x1, 1, "branch1")(x, train=train)
         b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train=train)
@@ -127,12 +131,14 @@ class GoogLeNet(nn.Module):
       dropout_rate: dropout before the head in training (needs a ``dropout`` RNG when > 0;
         torchvision uses 0.2).
       dtype: computation dtype (parameters stay float32).
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     num_classes: int
     transform_input: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def block_names(self) -> tuple[str, ...]:
         """Top-level parameter groups in forward order (Lucid's layer names, then ``head``)."""
@@ -154,16 +160,17 @@ class GoogLeNet(nn.Module):
         if self.transform_input:
             x = imagenet_to_inception_range(x, self.dtype)
         out = {}
-        x = BasicConv2d(64, 7, 2, self.dtype, name="conv2d0")(x, train=train)
+        x = BasicConv2d(64, 7, 2, self.dtype, self.conv_impl, name="conv2d0")(x, train=train)
         out["conv2d0"] = x
         x = max_pool_ceil(x, 3, 2)
-        x = BasicConv2d(64, 1, dtype=self.dtype, name="conv2d1")(x, train=train)
+        x = BasicConv2d(64, 1, 1, self.dtype, self.conv_impl, name="conv2d1")(x, train=train)
         out["conv2d1"] = x
-        x = BasicConv2d(192, 3, dtype=self.dtype, name="conv2d2")(x, train=train)
+        x = BasicConv2d(192, 3, 1, self.dtype, self.conv_impl, name="conv2d2")(x, train=train)
         out["conv2d2"] = x
         x = max_pool_ceil(x, 3, 2)
         for name, *channels in _MIXED:
-            x = Inception(*channels, dtype=self.dtype, name=name)(x, train=train)
+            x = Inception(*channels, dtype=self.dtype, conv_impl=self.conv_impl,
+                          name=name)(x, train=train)
             out[name] = x
             if name in _POOL_AFTER:
                 x = max_pool_ceil(x, _POOL_AFTER[name], 2)
@@ -174,7 +181,8 @@ class GoogLeNet(nn.Module):
 
 
 def make_googlenet(num_classes: int, *, transform_input: bool = False,
-                   dropout_rate: float = 0.0, dtype: Any = jnp.float32) -> GoogLeNet:
+                   dropout_rate: float = 0.0, dtype: Any = jnp.float32,
+                   conv_impl: str = "auto") -> GoogLeNet:
     """Builds `GoogLeNet` (6,624,904 parameters for 1000 classes, as torchvision's)."""
     return GoogLeNet(num_classes=num_classes, transform_input=transform_input,
-                     dropout_rate=dropout_rate, dtype=dtype)
+                     dropout_rate=dropout_rate, dtype=dtype, conv_impl=conv_impl)

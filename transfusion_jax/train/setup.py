@@ -76,7 +76,7 @@ def build_run(config: ml_collections.ConfigDict) -> RunSetup:
                           "use 'sigmoid' or 'auto'")
     options = dict(config.model.options)
     model = build_model(config.model.name, meta.num_classes, dtype=DTYPES[config.model.dtype],
-                        **options)
+                        conv_impl=config.model.conv_impl, **options)
     size, channels = config.data.image_size, config.data.channels
     return RunSetup(model=model, meta=meta, train_source=train_source,
                     eval_source=eval_source, tx=make_optimizer(config.train),
