@@ -2,8 +2,9 @@
 
 Layer by layer in float32 (forward, input and kernel gradients) over strides, dilation, every
 padding mode, 1x1 / asymmetric / wide kernels, grouped and depthwise convolutions; parameters
-identical to `flax.linen.Conv`'s; and through whole models: every convolution of every model
-of the zoo takes the chosen form, and models give the same outputs and gradients in each form.
+identical to `flax.linen.Conv`'s; max-pools (`transfusion_jax.models.pool`) equal XLA's bit for
+bit; and through whole models: every convolution and max-pool of every model of the zoo takes
+the chosen form, and models give the same outputs and gradients in each form.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from transfusion_jax.config import ConfigError
 from transfusion_jax.models import MODELS, build_model
 from transfusion_jax.models.conv import Conv, cpu_form
+from transfusion_jax.models.pool import max_pool
 
 # (input shape, kernel, strides, padding, kernel dilation, groups, output channels)
 CASES = {
@@ -129,6 +131,35 @@ def test_auto_on_cpu_takes_matrix_products_where_xla_is_slow():
     assert cpu_form((3, 3), (8, 8), 64, 4) == "xla"  # grouped, not depthwise: unmeasured
 
 
+POOLS = {
+    "3x3_stride2_same": ((2, 9, 9, 3), (3, 3), (2, 2), "SAME"),
+    "3x3_stride2_valid": ((2, 10, 11, 3), (3, 3), (2, 2), "VALID"),
+    "3x3_stride1_padded": ((2, 8, 8, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    "2x2_stride2_ceil_mode": ((2, 7, 7, 2), (2, 2), (2, 2), ((0, 1), (0, 1))),
+    "28x28_after_relu_with_ties": ((4, 28, 28, 16), (3, 3), (2, 2), "SAME"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_max_pool_forms_equal_xla_values_and_gradients(name):
+    shape, window, strides, padding = POOLS[name]
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    if "relu" in name:
+        x = jax.nn.relu(x)  # many equal zeros: the gradient goes to the first, as in XLA
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(
+        nn.max_pool(x, window, strides, padding=padding).shape), jnp.float32)
+
+    @jax.jit
+    def values_and_gradients(x):
+        return [jax.vjp(lambda v, impl=impl: max_pool(v, window, strides, padding, impl=impl),
+                        x)[1](ct)[0] for impl in ("xla", "im2col")] + [
+            max_pool(x, window, strides, padding, impl=impl) for impl in ("xla", "im2col")]
+
+    want_grad, got_grad, want, got = values_and_gradients(x)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_grad, want_grad)
+
+
 # ------------------------------------------------------------------------------ the zoo
 
 # Reduced widths where a model has the option; the smallest input each model takes well.
@@ -147,9 +178,15 @@ def test_every_zoo_model_is_listed():
 
 
 def _primitive_counts(jaxpr) -> Counter:
-    """Primitive names in a jaxpr and every jaxpr nested in it (custom_vjp bodies too)."""
+    """Primitive names in a jaxpr and the jaxprs nested in it; a custom-VJP call counts as
+    ``custom_vjp:conv`` or ``custom_vjp:pool`` (its body is not entered)."""
     counts = Counter()
     for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "custom_vjp_call":
+            bwd = str(eqn.params["bwd"])
+            counts["custom_vjp:conv" if "conv_bwd" in bwd else
+                   "custom_vjp:pool" if "max_pool_bwd" in bwd else "custom_vjp:other"] += 1
+            continue
         counts[eqn.primitive.name] += 1
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
@@ -160,7 +197,7 @@ def _primitive_counts(jaxpr) -> Counter:
 
 
 @pytest.mark.parametrize("name", sorted(ZOO_OPTIONS))
-def test_every_convolution_of_every_model_takes_the_chosen_form(name):
+def test_every_convolution_and_max_pool_of_every_model_takes_the_chosen_form(name):
     options, size = ZOO_OPTIONS[name]
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     variables = jax.eval_shape(MODELS[name](5, **options).init, jax.random.key(0), x)
@@ -168,7 +205,8 @@ def test_every_convolution_of_every_model_takes_the_chosen_form(name):
     model = MODELS[name](5, conv_impl="im2col", **options)
     counts = _primitive_counts(jax.make_jaxpr(model.apply)(variables, x).jaxpr)
     assert counts["conv_general_dilated"] == 0
-    assert counts["custom_vjp_call"] == n_convs > 0
+    assert counts["custom_vjp:conv"] == n_convs > 0
+    assert counts["reduce_window_max"] == 0  # every max-pool takes the pool form too
 
 
 def _f64_variables(model, x):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
+from transfusion_jax.models.pool import max_pool
 
 # name -> (kernel size, channels per block, max-pool after block?)
 CBR_SPECS: dict[str, tuple[int, tuple[int, ...], tuple[bool, ...]]] = {
@@ -46,7 +47,7 @@ class CBRBlock(nn.Module):
                          dtype=self.dtype, name="bn")(x)
         x = nn.relu(x)
         if self.pool:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = max_pool(x, (3, 3), (2, 2), "SAME", impl=self.conv_impl)
         return x
 
 

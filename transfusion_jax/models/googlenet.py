@@ -26,13 +26,12 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
 from transfusion_jax.models.inputs import imagenet_to_inception_range
+from transfusion_jax.models.pool import max_pool
 
 # (name, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj) as torchvision's Inception.
 _MIXED = (
@@ -49,11 +48,13 @@ _MIXED = (
 _POOL_AFTER = {"conv2d2": 3, "mixed3b": 3, "mixed4e": 2}  # ceil-mode max-pool kernel, stride 2
 
 
-def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0) -> jnp.ndarray:
+def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0, *,
+                  impl: str = "auto") -> jnp.ndarray:
     """Max-pool like torch's ``MaxPool2d(window, stride, padding, ceil_mode=True)``.
 
     Args:
       x: ``(n, h, w, c)``.
+      impl: the model's ``conv_impl`` (`transfusion_jax.models.pool.max_pool`).
 
     Returns:
       ``(n, h_out, w_out, c)`` with ``h_out = ceil((h + 2 * padding - window) / stride) + 1``,
@@ -65,12 +66,7 @@ def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0) ->
         if (n_out - 1) * stride >= size + padding:
             n_out -= 1
         pads.append((padding, (n_out - 1) * stride + window - size - padding))
-    # A concrete (NumPy) -inf: JAX then lowers the max-pool reduction it knows how to
-    # differentiate; a jnp array made under jit is a tracer and the generic reduce_window
-    # has no reverse-mode rule.
-    init = np.array(-np.inf, x.dtype)
-    return jax.lax.reduce_window(x, init, jax.lax.max, (1, window, window, 1),
-                                 (1, stride, stride, 1), [(0, 0), *pads, (0, 0)])
+    return max_pool(x, (window, window), (stride, stride), pads, impl=impl)
 
 
 class BasicConv2d(nn.Module):
@@ -117,7 +113,8 @@ class Inception(nn.Module):
         b2 = conv(self.ch3x3, 3, "branch2_1")(b2, train=train)
         b3 = conv(self.ch5x5red, 1, "branch3_0")(x, train=train)
         b3 = conv(self.ch5x5, 3, "branch3_1")(b3, train=train)
-        b4 = conv(self.pool_proj, 1, "branch4_1")(max_pool_ceil(x, 3, 1, 1), train=train)
+        pooled = max_pool_ceil(x, 3, 1, 1, impl=self.conv_impl)
+        b4 = conv(self.pool_proj, 1, "branch4_1")(pooled, train=train)
         return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
@@ -162,18 +159,18 @@ class GoogLeNet(nn.Module):
         out = {}
         x = BasicConv2d(64, 7, 2, self.dtype, self.conv_impl, name="conv2d0")(x, train=train)
         out["conv2d0"] = x
-        x = max_pool_ceil(x, 3, 2)
+        x = max_pool_ceil(x, 3, 2, impl=self.conv_impl)
         x = BasicConv2d(64, 1, 1, self.dtype, self.conv_impl, name="conv2d1")(x, train=train)
         out["conv2d1"] = x
         x = BasicConv2d(192, 3, 1, self.dtype, self.conv_impl, name="conv2d2")(x, train=train)
         out["conv2d2"] = x
-        x = max_pool_ceil(x, 3, 2)
+        x = max_pool_ceil(x, 3, 2, impl=self.conv_impl)
         for name, *channels in _MIXED:
             x = Inception(*channels, dtype=self.dtype, conv_impl=self.conv_impl,
                           name=name)(x, train=train)
             out[name] = x
             if name in _POOL_AFTER:
-                x = max_pool_ceil(x, _POOL_AFTER[name], 2)
+                x = max_pool_ceil(x, _POOL_AFTER[name], 2, impl=self.conv_impl)
         logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
                              train=train, dropout_rate=self.dropout_rate,
                              kernel_init=nn.initializers.truncated_normal(0.01))

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
 from transfusion_jax.models.inputs import imagenet_to_inception_range
+from transfusion_jax.models.pool import max_pool
 
 Pad = str | Sequence[tuple[int, int]]
 
@@ -59,8 +60,8 @@ def _avg_pool_3x3(x: jnp.ndarray) -> jnp.ndarray:
     return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
 
 
-def _max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
-    return nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+def _max_pool_3x3_s2(x: jnp.ndarray, impl: str) -> jnp.ndarray:
+    return max_pool(x, (3, 3), (2, 2), "VALID", impl=impl)
 
 
 class InceptionA(nn.Module):
@@ -99,7 +100,7 @@ class InceptionB(nn.Module):
         bd = conv(64, (1, 1), name="branch3x3dbl_1")(x, train=train)
         bd = conv(96, (3, 3), padding=_pad(1, 1), name="branch3x3dbl_2")(bd, train=train)
         bd = conv(96, (3, 3), 2, name="branch3x3dbl_3")(bd, train=train)
-        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
+        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x, self.conv_impl)], axis=-1)
 
 
 class InceptionC(nn.Module):
@@ -148,7 +149,7 @@ class InceptionD(nn.Module):
         b7 = conv(192, (1, 7), p=_pad(0, 3), name="branch7x7x3_2")(b7, train=train)
         b7 = conv(192, (7, 1), p=_pad(3, 0), name="branch7x7x3_3")(b7, train=train)
         b7 = conv(192, (3, 3), 2, name="branch7x7x3_4")(b7, train=train)
-        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
+        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x, self.conv_impl)], axis=-1)
 
 
 class InceptionE(nn.Module):
@@ -268,7 +269,7 @@ class InceptionV3(nn.Module):
                             name=name)(x, train=train)
             out[name] = x
             if name in ("Conv2d_2b_3x3", "Conv2d_4a_3x3"):
-                x = _max_pool_3x3_s2(x)
+                x = _max_pool_3x3_s2(x, self.conv_impl)
         for name, make in _MIXED:
             if name == "Mixed_7a" and self.aux_logits:
                 aux = InceptionAux(self.num_classes, self.dtype, self.conv_impl,

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
+from transfusion_jax.models.pool import max_pool
 
 # He normal with fan-out, as torchvision initialises ResNet convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -129,7 +130,7 @@ class ResNetStem(nn.Module):
         x = Conv(self.features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                  dtype=self.dtype, kernel_init=conv_init, impl=self.conv_impl, name="conv1")(x)
         x = nn.relu(_batch_norm("bn1", train, self.dtype)(x))
-        return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.conv_impl)
 
 
 class ResNet(nn.Module):
