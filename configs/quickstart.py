@@ -12,7 +12,11 @@ checkpoints with Orbax, and writes into the workdir:
 - ``summary.md`` / ``summary.json``: final accuracy, loss, ROC-AUC and mAP, the first step at
   which test accuracy reached 90% (the convergence-speed measure), wall time, file paths;
 - ``curves.png``: train loss and eval metrics over steps, threshold marked;
-- ``metrics.jsonl``: every train and eval summary; ``checkpoints/``: the Orbax checkpoints.
+- ``metrics.jsonl``: every train and eval summary; ``checkpoints/``: the Orbax checkpoints;
+- learning dynamics logged live every 25 steps (the lower panels of ``curves.png``): each
+  block's linear CKA with its own step-0 representation on 512 test images
+  (``similarity_to_init``), and its relative weight change and per-filter correlation with
+  step 0 (``weight_change``).
 
 Expected on 2 CPU cores: about 2 minutes; test accuracy about 0.98 and the 90% threshold
 reached within the first few hundred steps. Re-running the same command resumes (or, once
@@ -46,6 +50,9 @@ def get_config(arg: str | None = None):
     c.train.weight_decay = 5e-4
 
     c.eval.every_steps = 50
+    c.evals.similarity_to_init = {"type": "similarity_to_init", "every_steps": 25,
+                                  "examples": 512}
+    c.evals.weight_change = {"type": "weight_change", "every_steps": 25}
     c.convergence.metric = "accuracy"
     c.convergence.threshold = 0.9
 
@@ -63,6 +70,8 @@ def get_config(arg: str | None = None):
         c.data.eval_split = "test[:64]"
         c.eval.every_steps = 6
         c.eval.batch_size = 32
+        c.evals.similarity_to_init.update(every_steps=6, examples=32, batch_size=16)
+        c.evals.weight_change.every_steps = 6
         c.checkpoint.every_steps = 4
         c.checkpoint.keep_every = 8
         c.log.every_steps = 4

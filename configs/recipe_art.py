@@ -24,6 +24,13 @@ The ``double`` sweep takes about 20 minutes on 2 CPU cores, ``modes`` about 45.
   (only the head trains), ``reinit_top`` (the top 3 blocks re-initialised, uniform LR) and
   ``scratch`` (random init). The exact per-mode values of the paper are unconfirmed: they
   are the variants' ``train.schedule.base_lr`` and ``train.lr_multipliers`` below.
+  What each mode changes: in ``frozen`` nothing outside the head moves, neither weights
+  nor BatchNorm statistics, and the frozen layers' BatchNorm normalises with its ImageNet
+  running averages in training as at evaluation, so the head learns on exactly the features
+  it is evaluated on (``train.freeze_batch_stats=False`` lets those statistics track the
+  new data instead); in ``mode_a`` / ``mode_b`` / ``mode_f`` / ``reinit_top`` / ``scratch``
+  every layer trains, weights and BatchNorm statistics alike (a factor 0.1 scales the
+  pretrained layers' learning rate, not their statistics).
 - ``rasta_modes`` / ``iconart_double``: the paper's setting with InceptionV1 (GoogLeNet) at
   224 on art folders you bring (a labels CSV per folder, see the README's data section) and
   torchvision's ImageNet GoogLeNet weights: set ``--config.data.folder.root=...`` and the

@@ -83,6 +83,10 @@ def get_config(arg: str | None = None):
     c.data.name = "mnist5k"
     c.train.steps = 400
     c.eval.every_steps = 25
+    # Learning dynamics, logged live: each block's CKA with its own init, and weight change.
+    c.evals.similarity_to_init = {"type": "similarity_to_init", "every_steps": 25,
+                                  "examples": 512}
+    c.evals.weight_change = {"type": "weight_change", "every_steps": 25}
     c.convergence.metric, c.convergence.threshold = "accuracy", 0.95
     c.checkpoint.every_steps, c.checkpoint.keep_last = 100, 1
     source = {"quick": "digits", "digits": "digits", "fashion": "fashion",
@@ -103,6 +107,8 @@ def get_config(arg: str | None = None):
         c.train.steps, c.train.batch_size, c.train.schedule.warmup_steps = 12, 16, 2
         c.data.train_examples = 256
         c.data.eval_split, c.eval.batch_size, c.eval.every_steps = "test[:64]", 32, 4
+        c.evals.similarity_to_init.update(every_steps=4, examples=32, batch_size=16)
+        c.evals.weight_change.every_steps = 4
         c.convergence.threshold = 0.3
         c.checkpoint.every_steps = 6
         c.log.every_steps = 4

@@ -83,3 +83,28 @@ def run_cli(workdir, data_dir, *overrides, devices: int = 1, timeout: int = 300,
     return subprocess.run(cli_args(workdir, data_dir, *overrides, config=config), cwd=ROOT,
                           env=cli_env(devices, **env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def finished_run(data_dir, tmp_path_factory) -> Path:
+    """The quickstart smoke run (12 steps, checkpoints 0, 8, 12), trained once per session.
+
+    Tests that change it work on a copy (`shutil.copytree`).
+    """
+    from transfusion_jax.train.loop import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("finished_run") / "run"
+    train_and_evaluate(smoke_config(data_dir), workdir)
+    return workdir
+
+
+def tree_snapshot(path: Path) -> dict[str, bytes] | None:
+    """Every file and folder under ``path`` with its bytes (None when ``path`` is absent):
+    equal snapshots mean an untouched workdir."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(path.rglob("*"))}

@@ -50,7 +50,7 @@ def test_report_of_a_fine_tuned_run(run_dir, tmp_path):
 
 def test_a_checkpoint_compared_with_itself_did_not_change(run_dir, tmp_path):
     result = run_analysis(analyze_config(f"{run_dir}@12", before=f"{run_dir}@12"), tmp_path)
-    cka = result["features"].matrices["linear_cka"]
+    cka = result["features"].per_layer("linear_cka")
     np.testing.assert_allclose(cka[:, 0, 1], 1.0, atol=1e-5)
     with open(tmp_path / "weights/weight_change_layers.csv") as f:
         rows = list(csv.DictReader(f))

@@ -169,7 +169,7 @@ def test_image_folder_multi_label_and_errors(tmp_path):
         open_source(folder_config(tmp_path, ("angel", "Mary")), "test")
     (tmp_path / "labels.csv").write_text(text)
     (tmp_path / "img0.png").unlink()
-    with pytest.raises(DatasetNotFoundError, match="missing, e.g. .*img0.png"):
+    with pytest.raises(DatasetNotFoundError, match="missing or not images, e.g. .*img0.png"):
         open_source(folder_config(tmp_path, ("angel", "Mary")), "train")
 
 

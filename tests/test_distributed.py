@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, cli_args, cli_env, run_cli, smoke_config
 from tests.test_train_loop import no_tmp_folders, restore_state
-from transfusion_jax.train.writer import read_metrics
+from transfusion_jax.runs import read_metrics
 
 pytestmark = pytest.mark.multiprocess
 

@@ -13,6 +13,7 @@ from transfusion_jax.analysis.feature_vis import (
     Transforms,
     bilinear_sample,
     decorrelate_colors,
+    objective_gain,
     plot_feature_vis,
     random_transform,
     to_valid_image,
@@ -132,3 +133,14 @@ def test_bad_layer_and_channel_are_named(tiny):
         visualize_channels(model, variables, "nope", [0], size=SIZE, channels_in=1)
     with pytest.raises(ValueError, match="out of range"):
         visualize_channels(model, variables, LAYER, [999], size=SIZE, channels_in=1)
+
+
+def test_a_visualisation_whose_objective_does_not_rise_is_flat(base):
+    gain, flat = objective_gain(base.trace)  # real runs on live channels: rising
+    assert not flat.any() and np.all(gain > 0)
+    # A dead channel (zero throughout), a constant objective, a falling one: flat.
+    traces = np.stack([base.trace[0], np.zeros(STEPS), np.full(STEPS, 3.0),
+                       np.linspace(3.0, 2.0, STEPS), np.linspace(3.0, 3.0001, STEPS)])
+    gain, flat = objective_gain(traces)
+    assert flat.tolist() == [False, True, True, True, True]
+    assert gain[3] < 0

@@ -12,42 +12,64 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from transfusion_jax.config import ConfigError, base_config
 from transfusion_jax.train.convergence import ConvergenceTracker
 from transfusion_jax.train.losses import LOSSES
-from transfusion_jax.train.metrics import (
-    average_precision,
-    ranking_metrics,
-    roc_auc,
-)
+from transfusion_jax.train.metrics import ranking_metrics
 from transfusion_jax.train.optim import decay_mask, lr_factors, make_optimizer, make_schedule
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_auc_and_ap_equal_sklearn_with_ties(seed):
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _disagreeing_logits(seed: int, n: int = 300, k: int = 4):
+    """Logits whose per-example offsets (a class-independent shift, invisible to softmax)
+    reorder raw-logit one-vs-rest rankings, so ranking logits and probabilities disagree."""
     rng = np.random.default_rng(seed)
-    scores = np.round(rng.normal(size=300), 1)  # many ties
-    targets = rng.random(300) < 0.3
-    assert roc_auc(scores, targets) == pytest.approx(roc_auc_score(targets, scores), abs=1e-12)
-    assert average_precision(scores, targets) == pytest.approx(
-        average_precision_score(targets, scores), abs=1e-12)
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[labels]
+    logits += rng.normal(scale=3.0, size=(n, 1))  # softmax-invariant, rank-changing
+    return logits, labels
 
 
-def test_ranking_metrics_macro_multiclass_and_multilabel():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(200, 4))
-    labels = rng.integers(0, 4, 200)
-    onehot = np.eye(4)[labels]
+@pytest.mark.parametrize("seed", range(3))
+def test_multiclass_auc_is_sklearn_ovr_on_softmax_probabilities(seed):
+    logits, labels = _disagreeing_logits(seed)
     got = ranking_metrics(logits, labels, multi_label=False)
-    assert got["auc"] == pytest.approx(roc_auc_score(onehot, logits, average="macro"))
-    assert got["map"] == pytest.approx(average_precision_score(onehot, logits, average="macro"))
-    multi = (rng.random((200, 3)) < 0.4).astype(np.float32)
-    got = ranking_metrics(logits[:, :3], multi, multi_label=True)
-    assert got["auc"] == pytest.approx(roc_auc_score(multi, logits[:, :3], average="macro"))
-    binary = ranking_metrics(logits[:, :2], labels % 2, multi_label=False)
-    assert binary["auc"] == pytest.approx(
-        roc_auc_score(labels % 2, logits[:, 1] - logits[:, 0]))
+    probs = _softmax(logits)
+    reference = roc_auc_score(labels, probs, multi_class="ovr")
+    assert got["auc"] == pytest.approx(reference, abs=1e-12)
+    onehot = np.eye(4)[labels]
+    assert got["map"] == pytest.approx(average_precision_score(onehot, probs), abs=1e-12)
+    # The old definition (one-vs-rest on raw logits) is a different number on these logits.
+    assert abs(roc_auc_score(onehot, logits, average="macro") - reference) > 0.02
+
+
+def test_binary_and_multilabel_auc_equal_sklearn_on_probabilities():
+    logits, labels = _disagreeing_logits(7, k=2)
+    binary = ranking_metrics(logits, labels, multi_label=False)
+    p1 = _softmax(logits)[:, 1]
+    assert binary["auc"] == pytest.approx(roc_auc_score(labels, p1), abs=1e-12)
+    assert binary["map"] == pytest.approx(average_precision_score(labels, p1), abs=1e-12)
+    rng = np.random.default_rng(1)
+    multi = (rng.random((300, 3)) < 0.4).astype(np.float32)
+    scores = rng.normal(size=(300, 3)) + 2 * multi + rng.normal(scale=3.0, size=(300, 1))
+    got = ranking_metrics(scores, multi, multi_label=True)
+    sigmoid = 1 / (1 + np.exp(-scores))  # per label: softmax would change the ranking
+    assert got["auc"] == pytest.approx(roc_auc_score(multi, sigmoid, average="macro"))
+    assert got["map"] == pytest.approx(average_precision_score(multi, sigmoid, average="macro"))
+    assert abs(got["auc"] - roc_auc_score(multi, _softmax(scores), average="macro")) > 0.01
 
 
 def test_auc_undefined_for_one_class_is_nan_not_crash():
-    assert np.isnan(roc_auc(np.arange(5.0), np.ones(5, bool)))
+    got = ranking_metrics(np.zeros((5, 2)), np.ones(5, int), multi_label=False)
+    assert np.isnan(got["auc"]) and np.isnan(got["map"])
+    # A class absent from the split is left out of the macro average.
+    logits, labels = _disagreeing_logits(3)
+    keep = labels != 3
+    got = ranking_metrics(logits[keep], labels[keep], multi_label=False)
+    probs = _softmax(logits[keep])
+    onehot = np.eye(4)[labels[keep]][:, :3]
+    assert got["auc"] == pytest.approx(roc_auc_score(onehot, probs[:, :3], average="macro"))
 
 
 def test_convergence_tracker_records_first_crossing_only():

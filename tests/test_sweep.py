@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 from transfusion_jax.config import ConfigError, load_config
 from transfusion_jax.experiments.grid import expand_grid, read_status, run_dir
 from transfusion_jax.experiments.sweep import run_sweep
-from transfusion_jax.train.writer import read_metrics
+from transfusion_jax.runs import read_metrics
 
 SMOKE = "configs/recipe_transfusion.py:smoke"
 
@@ -67,20 +67,25 @@ def test_sweep_trains_every_run_from_the_stage_and_reports(finished_sweep):
     config, sweep_dir, result = finished_sweep
     assert set(result["runs"].values()) == {"finished"} and len(result["runs"]) == 6
     assert read_status(sweep_dir / "stages/source")["status"] == "finished"
-    for name in ("report_html", "report_md", "to_init_png", "between_png", "filters_png"):
+    for name in ("report_html", "report_md", "to_init_png", "between_png", "filters_png",
+                 "dynamics_png"):
         assert result["report"][name], name
     html = (sweep_dir / "report.html").read_text()
     assert "Convergence speed" in html and "NaN" not in html
     to_init = (sweep_dir / "similarity/to_init.csv").read_text().splitlines()
     assert len(to_init) == 1 + 6 * 5  # runs x (4 blocks + pre_logits)
+    # The learning dynamics the runs logged live: 3 inits x 5 layers x 3 evaluations of
+    # similarity to init, 3 inits x 5 blocks (head included) x 3 of weight change.
+    dynamics = (sweep_dir / "dynamics/dynamics.csv").read_text().splitlines()
+    assert len(dynamics) == 1 + 3 * 5 * 3 * 2 and "Learning dynamics" in html
 
 
 def test_pretrained_run_starts_from_the_stage_weights(finished_sweep):
-    from transfusion_jax.analysis.trajectory import load_trajectory
+    from transfusion_jax.runs import Run
 
     _, sweep_dir, _ = finished_sweep
-    source = load_trajectory(sweep_dir / "stages/source", (8,)).variables["params"]
-    run = load_trajectory(sweep_dir / "runs/init=pretrained,seed=0", (0,)).variables["params"]
+    source = Run.open(sweep_dir / "stages/source").read_variables(8)["params"]
+    run = Run.open(sweep_dir / "runs/init=pretrained,seed=0").read_variables(0)["params"]
     np.testing.assert_array_equal(run["block2"]["conv"]["kernel"],
                                   source["block2"]["conv"]["kernel"])
     assert not np.array_equal(run["head"]["kernel"], source["head"]["kernel"])  # dont_load

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import smoke_config
+from transfusion_jax.checkpoints import Checkpointer, abstract_like
 from transfusion_jax.config import ConfigError
-from transfusion_jax.train.checkpoint import Checkpointer, abstract_like
+from transfusion_jax.runs import read_metrics
 from transfusion_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from transfusion_jax.train.setup import abstract_state, build_run
-from transfusion_jax.train.writer import read_metrics
 
 
 def restore_state(config, workdir, step=None):
@@ -76,7 +76,7 @@ def test_resume_with_a_different_model_is_refused(smoke_run):
     config, workdir, _ = smoke_run
     other = smoke_config(config.data.data_dir)
     other.model.options.width = 0.25
-    with pytest.raises(ConfigError, match="differs in model"):
+    with pytest.raises(ConfigError, match=r"model.options.width was 0.125, now 0.25"):
         train_and_evaluate(other, workdir)
 
 

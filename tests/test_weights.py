@@ -430,3 +430,20 @@ def test_orbax_checkpoint_saved_sharded_over_other_devices_reads_here(tmp_path):
                    capture_output=True)
     params = read_orbax_params(tmp_path / "ckpt")
     np.testing.assert_array_equal(params["dense"]["kernel"], np.arange(12.0).reshape(4, 3))
+
+
+def test_truncated_pth_and_pickled_models_are_value_errors_naming_the_file(tmp_path):
+    from transfusion_jax.weights import efficientnet_lite_weights_path
+
+    whole = efficientnet_lite_weights_path().read_bytes()  # a legacy-format state dict
+    for cut in (200, len(whole) // 2, len(whole) - 10):
+        path = tmp_path / f"cut{cut}.pth"
+        path.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=rf"{path.name}:? (is )?truncated"):
+            read_pth(path)
+    path = tmp_path / "model.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps(collections.Counter(a=1), protocol=2))
+    with pytest.raises(ValueError, match=r"model.pth: refusing to load collections.Counter.*"
+                                         r"torch.save\(model.state_dict\(\), PATH\)"):
+        read_pth(path)

@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "cbr_tiny"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-    # How convolutions are computed: auto (im2col on CPU, xla elsewhere) | xla | im2col.
+    # How convolutions are computed: auto (XLA's on GPU/TPU; on CPU, per convolution, the
+    # form measured faster) | xla | im2col.
     # Parameters are the same in every form; see transfusion_jax/models/conv.py.
     c.model.conv_impl = "auto"
     # Family-specific constructor options (e.g. width for CBR), set by a config file; a
@@ -82,10 +83,21 @@ def base_config() -> ml_collections.ConfigDict:
     # the first match wins, unmatched parameters get 1. Factor 0 freezes.
     c.train.lr_multipliers = ()
     c.train.freeze = ""  # regex: matching parameters are not updated (nor decayed)
+    # BatchNorm of frozen layers (every parameter frozen, by freeze or a factor 0): True =
+    # kept as at step 0 (normalise with the running averages, never update them, also in
+    # training); False = PyTorch's train mode (batch statistics, running averages track
+    # the new data). See transfusion_jax.train.freeze.
+    c.train.freeze_batch_stats = True
 
+    # The main evaluation, "eval": classification metrics on data.eval_split (they drive the
+    # convergence record). More evaluators go in evals (see below).
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 100
     c.eval.batch_size = 256
+    # Named evaluators run while training: {name: {"type": ..., "every_steps": ..., opts}};
+    # types classification | similarity_to_init | weight_change
+    # (transfusion_jax.train.evaluators).
+    c.evals = ml_collections.ConfigDict()
 
     c.convergence = ml_collections.ConfigDict()
     c.convergence.metric = "accuracy"
@@ -149,6 +161,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.options.unlock()
     c.init.options.unlock()
     c.sweep.axes.unlock()
+    c.evals.unlock()
     return c
 
 
@@ -181,14 +194,13 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads ``path/to/config.py[:arg]`` the way ``--config=`` does, for scripts and sweeps."""
-    import importlib.util
-    from pathlib import Path
+    """Loads ``path/to/config.py[:arg]`` the way ``--config=`` does, for scripts and sweeps.
 
-    path, _, arg = spec.partition(":")
-    if not Path(path).exists():
-        raise ConfigError(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    Raises:
+      ConfigError: the file is missing, is not Python, has no ``get_config``, or fails (a
+        syntax error, a rejected arg, a misspelt key): one line naming the file, the line
+        and the problem.
+    """
+    from transfusion_jax.config_files import load_config_file
+
+    return load_config_file(spec)

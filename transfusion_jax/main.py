@@ -1,25 +1,20 @@
 """Entry point: ``python -m transfusion_jax.main --config=configs/NAME.py[:ARG] --workdir=DIR``.
 
-Any config value can be overridden on the command line (``--config.train.steps=200``).
-Problems a user can fix (a bad config key or value, a missing dataset, a NaN loss) end the
-process with one ``error: ...`` line naming the fix and exit status 1.
+Any config value can be overridden on the command line (``--config.train.steps=200``), the
+chosen model's and initializer's options included (``--config.init.options.k=2``).
+Problems a user can fix (a bad config file, key or value, a missing dataset, a bad weight
+file, a damaged checkpoint, a full disk, a NaN loss) end the process with one
+``error: ...`` line naming the fix and exit status 1 (`cli_errors`); everything is checked
+before the job writes its first file. Real bugs keep their traceback.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import re
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots.")
-flags.mark_flags_as_required(["config", "workdir"])
+from transfusion_jax.api import setup_jax, setup_logging
+from transfusion_jax.cli_errors import guarded
 
 
 def _train(config, workdir: str) -> None:
@@ -29,9 +24,9 @@ def _train(config, workdir: str) -> None:
 
 
 def _similarity(config, workdir: str) -> None:
-    from transfusion_jax.analysis.similarity_sweep import run_similarity_sweep
+    from transfusion_jax.analysis.similarity_job import run_similarity_job
 
-    run_similarity_sweep(config, workdir)
+    run_similarity_job(config, workdir)
 
 
 def _sweep(config, workdir: str) -> None:
@@ -41,8 +36,10 @@ def _sweep(config, workdir: str) -> None:
 
 
 def _aggregate(config, workdir: str) -> None:
+    from transfusion_jax.experiments.grid import require_sweep_dir
     from transfusion_jax.experiments.report import report_sweep
 
+    require_sweep_dir(workdir)
     report_sweep(config, workdir)
 
 
@@ -56,72 +53,30 @@ JOBS: dict[str, Callable] = {"train": _train, "similarity": _similarity, "sweep"
                              "aggregate": _aggregate, "analyze": _analyze}
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from transfusion_jax.config import ConfigError
-    from transfusion_jax.data import DataError
-    from transfusion_jax.similarity import SimilarityInputError
-    from transfusion_jax.train.loop import NonFiniteLossError
-    from transfusion_jax.weights import WeightMismatchError
-
-    return (ConfigError, DataError, NonFiniteLossError, WeightMismatchError,
-            SimilarityInputError)
-
-
-def _setup_jax() -> None:
-    import jax
-
-    from transfusion_jax import parallel
-
-    cache = os.environ.get("TFJ_COMPILATION_CACHE", os.path.expanduser("~/.cache/tfj_jax"))
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-    parallel.initialize_distributed()
-
-
-def setup_logging() -> None:
-    """Project messages at INFO on stderr; library chatter (Orbax, absl) at WARNING."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    project = logging.getLogger("transfusion_jax")
-    if not project.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        project.addHandler(handler)
-    project.setLevel(logging.INFO)
-    project.propagate = False
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    setup_logging()
-    config = _CONFIG.value
+def run_job(config, workdir: str) -> None:
+    """Runs ``JOBS[config.job]`` on a parsed, checked command line."""
     from transfusion_jax.config import check_choice
 
-    try:
-        check_choice("job", config.job, JOBS)
-        _setup_jax()
-        JOBS[config.job](config, _WORKDIR.value)
-    except _user_errors() as e:
-        sys.exit(f"error: {e}")
+    check_choice("job", config.job, JOBS)
+    setup_jax()
+    JOBS[config.job](config, workdir)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with config errors (unknown key, bad value) as one-line errors."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"error: {e}")
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        # ml_collections reports a misspelt key as AttributeError("'key'\nDid you mean ...").
-        raw = str(e.args[0] if e.args else e)
-        key = re.search(r"'([\w.]+)", raw)
-        hint = re.search(r'Did you mean "[^"]+"', raw)
-        what = f"unknown config key {key.group(1)!r}" if key else raw
-        sys.exit(f"error: bad config or --config override: {what}"
-                 + (f" ({hint.group(0)}?)" if hint else "")
-                 + "; the valid keys are those of transfusion_jax.config.base_config()")
+def main(argv: list[str]) -> int:
+    """The whole command line: parse and check ``argv``, run the job; the exit status.
+
+    Every failure a user can cause is one ``error:`` line on stderr and status 1
+    (`cli_errors.guarded`); a bug raises with its traceback.
+    """
+    from transfusion_jax.cli_flags import parse_command_line
+
+    setup_logging()
+    status, parsed = guarded(parse_command_line, list(argv))
+    if status:
+        return status
+    status, _ = guarded(run_job, *parsed)
+    return status
+
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    sys.exit(main(sys.argv))

@@ -83,22 +83,6 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def local_batch_slice(global_batch_size: int) -> slice:
-    """The contiguous part of a global batch that this process feeds.
-
-    Process ``p`` of ``P`` feeds rows ``[p * B/P, (p+1) * B/P)``; `make_global_batch` then
-    places them so that the global array equals the single-process batch row for row.
-    """
-    count, index = jax.process_count(), jax.process_index()
-    if global_batch_size % count:
-        raise ValueError(
-            f"global batch size {global_batch_size} is not divisible by the number of "
-            f"processes {count}; choose a batch size that is a multiple of {count}."
-        )
-    per = global_batch_size // count
-    return slice(index * per, (index + 1) * per)
-
-
 def make_global_batch(mesh: Mesh, local_batch: Any) -> Any:
     """Turns this process's rows of a batch (a pytree of NumPy arrays) into global arrays.
 
@@ -134,8 +118,3 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(put, tree)
-
-
-def fetch(tree: Any) -> Any:
-    """Brings a pytree of (possibly sharded, replicated) arrays to host NumPy arrays."""
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

@@ -1,9 +1,13 @@
 """What reads finished runs (import the modules themselves; this package imports nothing).
 
-- `trajectory`: a run's checkpoints as one stacked pytree; `activations`: the model vmapped
-  over stacked checkpoints; `stacked_similarity`: streamed CKA / SVCCA between them.
-- `similarity_sweep` (+ `similarity_plots`): every checkpoint x layer of one run.
-- `cross_run`: per-layer similarity between checkpoints of different runs.
+Runs are read through `transfusion_jax.runs` (config, model, kept steps, variables); nothing
+here imports `transfusion_jax.train`.
+
+- `activations`: the model vmapped over stacked checkpoints;
+  `checkpoint_similarity`: the one checkpoint-similarity pipeline (named checkpoints of one
+  architecture, stacked; streamed CKA / SVCCA between their layers), `similarity_files` and
+  `similarity_plots` its files and figures.
+- `similarity_job`: the similarity job, every checkpoint x layer of one run.
 - `weight_change` (+ `weight_change_plots`): parameter-space change per layer and filter.
 - `max_activation` (+ `max_activation_compare`, `max_activation_plots`): top-k images per
   channel, overlap, class purity, dead channels.

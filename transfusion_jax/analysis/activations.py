@@ -18,18 +18,6 @@ import numpy as np
 from transfusion_jax.similarity import reduce_conv
 
 
-def layer_names(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
-    """The named intermediates a model returns in ``out`` (except ``logits``), in forward
-    order (its block order first, then ``pre_logits``)."""
-    def forward(x):
-        variables = model.init(jax.random.PRNGKey(0), x)
-        return model.apply(variables, x)[1]
-
-    names = set(jax.eval_shape(forward, jnp.zeros(input_shape)))
-    order = [b for b in model.block_names() if b in names] + ["pre_logits"]
-    return order + sorted(names - set(order) - {"logits"})
-
-
 def make_stacked_forward(model: nn.Module, layers: Sequence[str],
                          reduction: str) -> Callable[[Any, jax.Array], list[jax.Array]]:
     """Returns ``f(stacked_variables, images) -> [(C, m, d_l) per layer]``, jitted.

@@ -6,29 +6,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from transfusion_jax.analysis.cross_run import CrossRunSimilarity  # noqa: E402
-from transfusion_jax.analysis.html_report import (  # noqa: E402
-    Figure,
-    Section,
-    Table,
-    write_report,
-)
+from transfusion_jax.analysis.checkpoint_similarity import CheckpointSimilarity
+from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
+from transfusion_jax.outputs import plt, save_figure
 
 
 def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def plot_feature_change(features: CrossRunSimilarity, path: Path) -> Path:
+def plot_feature_change(features: CheckpointSimilarity, path: Path) -> Path:
     """Left: per layer, CKA of ``before`` with ``after`` and with each other checkpoint.
     Right: per layer, CKA with ``before`` along the after run's saved steps."""
-    cka = features.matrices["linear_cka"]  # (L, C, C); 0 = before, 1 = after
+    cka = features.per_layer("linear_cka")  # (L, C, C); 0 = before, 1 = after
     layers, labels = features.layers, features.labels
     along = [i for i, lab in enumerate(labels) if lab.startswith("step ")]
     fig, axes = plt.subplots(1, 2 if along else 1, figsize=(11 if along else 6, 4),
@@ -58,10 +50,7 @@ def plot_feature_change(features: CrossRunSimilarity, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _weight_findings(weights: Any) -> tuple[str, Table]:
@@ -82,12 +71,13 @@ def _weight_findings(weights: Any) -> tuple[str, Table]:
                                                      "correlation", "mean filter corr."], rows)
 
 
-def _feature_findings(features: CrossRunSimilarity) -> tuple[str, Table]:
-    names = list(features.matrices)
+def _feature_findings(features: CheckpointSimilarity) -> tuple[str, Table]:
+    names = list(features.values)
+    per_layer = {n: features.per_layer(n) for n in names}
     rows = []
     for li, layer in enumerate(features.layers):
-        rows.append([layer, *[_fmt(features.matrices[n][li, 0, 1], 3) for n in names]])
-    cka = features.matrices["linear_cka"][:, 0, 1]
+        rows.append([layer, *[_fmt(per_layer[n][li, 0, 1], 3) for n in names]])
+    cka = features.per_layer("linear_cka")[:, 0, 1]
     order = np.argsort(cka)
     text = (f"Between before and after, linear CKA is lowest in {features.layers[order[0]]} "
             f"({cka[order[0]]:.2f}) and highest in {features.layers[order[-1]]} "
@@ -116,14 +106,15 @@ def _max_act_findings(comparisons: Sequence[Any]) -> tuple[str, Table]:
 
 
 def write_analysis_report(out: Path, *, before, after, baselines, model_name: str, weights,
-                          features: CrossRunSimilarity, comparisons, files: dict,
+                          features: CheckpointSimilarity, comparisons, files: dict,
                           timings: dict[str, float]) -> tuple[Path, Path]:
     """``report.html`` / ``report.md`` of an analysis (see `analyze.run_analysis`)."""
     w_text, w_table = _weight_findings(weights)
     f_text, f_table = _feature_findings(features)
     m_text, m_table = _max_act_findings(comparisons)
-    refs = [f"before: {before[1]} at step {before[2]}", f"after: {after[1]} at step {after[2]}"]
-    refs += [f"baseline {b[0]}: {b[1]}" for b in baselines]
+    refs = [f"before: {before.run_dir} at step {before.step}",
+            f"after: {after.run_dir} at step {after.step}"]
+    refs += [f"baseline {b.label}: {b.run_dir}" for b in baselines]
     weights_files = files["weights"]
     sections = [
         Section("What changed", [w_text, f_text, m_text], highlight=True),
@@ -157,7 +148,9 @@ def write_analysis_report(out: Path, *, before, after, baselines, model_name: st
         sections.append(Section("Feature visualisation", [
             f"Activation maximisation (Fourier-parameterised, colour-decorrelated image with "
             f"random jitter, scale and rotation; Adam) of the channels {fv['channels']} of "
-            f"{fv['layer']} whose top images changed most."], figures=[
+            f"{fv['layer']} whose top images changed most."
+            + (f" Flat (the objective did not rise, so the image shows nothing the channel "
+               f"responds to): {fv['flat']}." if fv.get("flat") else "")], figures=[
                 Figure(fv["png"], "Channel visualisations before (top) and after (bottom)")]))
     sections.append(Section("Timings", [], tables=[Table(
         "", ["analysis", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])]))

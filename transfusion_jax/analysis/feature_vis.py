@@ -56,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from transfusion_jax.outputs import save_figure
+
 logger = logging.getLogger(__name__)
 
 # Lucid's square root of the ImageNet colour correlation matrix (``color_correlation_svd_sqrt``).
@@ -98,6 +100,28 @@ class FeatureVis(NamedTuple):
 
     images: np.ndarray
     trace: np.ndarray
+
+
+def objective_gain(trace: np.ndarray, *, rtol: float = 1e-3,
+                   atol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+    """How much each visualisation raised its objective, and which stayed flat.
+
+    Args:
+      trace: ``(..., steps)`` objective per step (`FeatureVis.trace`).
+      rtol: a gain within ``rtol`` of the objective's size counts as none.
+      atol: a gain below this counts as none (e.g. a dead channel: 0 throughout).
+
+    Returns:
+      ``(gain, flat)``, each ``(...)``: mean objective over the last tenth of the steps
+      minus that over the first tenth, and whether that gain is nil (the image is not a
+      visualisation of anything the channel responds to).
+    """
+    trace = np.asarray(trace, np.float64)
+    k = max(1, trace.shape[-1] // 10)
+    start, end = trace[..., :k].mean(-1), trace[..., -k:].mean(-1)
+    gain = end - start
+    flat = ~(gain > atol + rtol * np.maximum(np.abs(start), np.abs(end)))
+    return gain, flat
 
 
 def fourier_frequencies(size: int) -> np.ndarray:
@@ -287,10 +311,7 @@ def plot_feature_vis(images: np.ndarray, path: str | Path, row_labels: Sequence[
     Returns:
       The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from transfusion_jax.outputs import plt
 
     images = np.asarray(images)
     if images.ndim == 4:
@@ -311,9 +332,4 @@ def plot_feature_vis(images: np.ndarray, path: str | Path, row_labels: Sequence[
                 ax.set_ylabel(row_labels[r], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path))

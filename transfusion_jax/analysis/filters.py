@@ -12,13 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 
 from transfusion_jax.analysis.weight_change import ordered_leaves
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from transfusion_jax.outputs import plt, save_figure
 
 NORMALISATIONS = ("minmax", "symmetric")
 
@@ -144,7 +141,4 @@ def plot_filter_grids(kernels: Mapping[str, Any], path: str | Path, *,
                      fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{title} ({normalise} per filter)", fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path, dpi=120))

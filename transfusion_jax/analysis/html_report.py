@@ -104,20 +104,3 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], *
     html_path.write_text(page)
     md_path.write_text("\n".join(md) + "\n")
     return html_path, md_path
-
-
-def render_png(html_path: str | Path, png_path: str | Path, *, width: int = 1200,
-               height: int = 4000) -> Path | None:
-    """Screenshots a report with headless Chromium when it is installed (else ``None``)."""
-    import shutil
-    import subprocess
-
-    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome")
-                    if shutil.which(b)), None)
-    if browser is None:
-        return None
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                    f"--screenshot={Path(png_path).absolute()}",
-                    f"--window-size={width},{height}", Path(html_path).absolute().as_uri()],
-                   capture_output=True, timeout=120, check=False)
-    return Path(png_path) if Path(png_path).exists() else None

@@ -4,19 +4,15 @@ chosen channels before and after."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from transfusion_jax.analysis.max_activation import TopKResult  # noqa: E402
-from transfusion_jax.analysis.max_activation_compare import ChannelComparison  # noqa: E402
+from transfusion_jax.analysis.max_activation import TopKResult
+from transfusion_jax.analysis.max_activation_compare import ChannelComparison
+from transfusion_jax.outputs import plt, save_figure, write_csv, write_csv_dicts
 
 CHANNEL_COLUMNS = ("layer", "channel", "k", "overlap", "purity_before", "purity_after",
                    "entropy_before", "entropy_after", "size_before", "size_after",
@@ -41,24 +37,19 @@ def write_max_activation(workdir: str | Path, comparisons: Sequence[ChannelCompa
     workdir.mkdir(parents=True, exist_ok=True)
     files = {"channels": str(workdir / "max_activation_channels.csv"),
              "layers": str(workdir / "max_activation_layers.csv")}
-    with open(files["channels"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CHANNEL_COLUMNS)
-        for comp in comparisons:
-            for key in comp.ks:
-                floats = [comp.overlap[key], comp.purity_before[key], comp.purity_after[key],
-                          comp.entropy_before[key], comp.entropy_after[key]]
-                ints = [comp.size_before[key], comp.size_after[key], comp.num_positive_before,
-                        comp.num_positive_after, comp.dead_before, comp.dead_after]
-                for ch in range(len(comp.num_positive_before)):
-                    w.writerow([comp.layer, ch, key, *[f"{v[ch]:.6f}" for v in floats],
-                                *[int(v[ch]) for v in ints]])
+    channel_rows = []
+    for comp in comparisons:
+        for key in comp.ks:
+            floats = [comp.overlap[key], comp.purity_before[key], comp.purity_after[key],
+                      comp.entropy_before[key], comp.entropy_after[key]]
+            ints = [comp.size_before[key], comp.size_after[key], comp.num_positive_before,
+                    comp.num_positive_after, comp.dead_before, comp.dead_after]
+            for ch in range(len(comp.num_positive_before)):
+                channel_rows.append([comp.layer, ch, key, *[float(v[ch]) for v in floats],
+                                     *[int(v[ch]) for v in ints]])
+    write_csv(files["channels"], CHANNEL_COLUMNS, channel_rows)
     rows = [row for comp in comparisons for row in comp.summary()]
-    with open(files["layers"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["layer"])
-        w.writeheader()
-        w.writerows({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()}
-                    for row in rows)
+    write_csv_dicts(files["layers"], rows, header=() if rows else ("layer",))
     if results:
         files["topk"] = str(workdir / "max_activation_topk.npz")
         np.savez(files["topk"], **{f"{name}/{field}": getattr(r, field)
@@ -83,8 +74,7 @@ def plot_overlap_purity(path: str | Path, comparisons: Sequence[ChannelCompariso
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("purity = 1 - H / log(num classes)")
     axes[1].legend(fontsize=7, loc="best")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return str(path)
 
 
@@ -118,8 +108,7 @@ def plot_layer_summary(path: str | Path, comparisons: Sequence[ChannelComparison
     for ax in axes:
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return str(path)
 
 
@@ -180,8 +169,7 @@ def plot_top_images(path: str | Path, source: Any, result: TopKResult,
             fontsize=8, loc="left")
     fig.suptitle("top images per channel (caption: label, score = mean ReLU activation)",
                  fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return str(path)
 
 

@@ -1,15 +1,16 @@
-"""Figures of a similarity sweep: similarity to the first checkpoint over training, the
-layer x layer matrix at the last checkpoint, and checkpoint x checkpoint per layer."""
+"""Figures of checkpoint similarities: similarity to the first checkpoint over training, the
+layer x layer matrix at the last checkpoint, checkpoint x checkpoint per layer
+(`plot_similarity`, the similarity job), and labelled per-layer heatmaps (`plot_per_layer`,
+the analyze job and the sweep report)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from transfusion_jax.outputs import plt, save_figure
 
 LABELS = {"linear_cka": "linear CKA", "svcca": "SVCCA (mean canonical correlation)"}
 
@@ -45,8 +46,7 @@ def plot_similarity(workdir: Path, steps: list[int], layers: list[str],
                title=f"{LABELS.get(name, name)} to step {steps[0]}, per layer")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.savefig(workdir / "to_init.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, workdir / "to_init.png")
 
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.4), squeeze=False,
                              constrained_layout=True)
@@ -54,8 +54,7 @@ def plot_similarity(workdir: Path, steps: list[int], layers: list[str],
         image = _heatmap(ax, matrices[name][-1, :, -1, :], layers,
                          f"{LABELS.get(name, name)}, layer x layer at step {steps[-1]}")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(workdir / "layers_final.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, workdir / "layers_final.png")
 
     cols = min(4, len(layers))
     rows = -(-len(layers) // cols)
@@ -70,7 +69,34 @@ def plot_similarity(workdir: Path, steps: list[int], layers: list[str],
         axes[index // cols][index % cols].axis("off")
     fig.suptitle("linear CKA between checkpoints, per layer (training steps on both axes)")
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
-    fig.savefig(workdir / "checkpoints.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, workdir / "checkpoints.png")
     return {name: str(workdir / f"{name}.png")
             for name in ("to_init", "layers_final", "checkpoints")}
+
+
+def plot_per_layer(matrices: np.ndarray, labels: Sequence[str], layers: Sequence[str],
+                   path: Path, *, title: str = "", what: str = "linear CKA") -> Path:
+    """One labelled ``C x C`` heatmap per layer, annotated when small enough to read.
+
+    Args:
+      matrices: ``(L, C, C)`` similarities (NaN cells are left blank).
+      labels: the ``C`` row/column labels; layers: the ``L`` panel titles.
+    """
+    num_l, num_c = len(layers), len(labels)
+    size = max(2.4, 0.42 * num_c + 1.2)
+    fig, axes = plt.subplots(1, num_l, figsize=(size * num_l + 0.8, size + 0.9),
+                             squeeze=False)
+    for li, ax in enumerate(axes[0]):
+        im = ax.imshow(matrices[li], vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(layers[li], fontsize=10)
+        ax.set_xticks(range(num_c), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(num_c), labels if li == 0 else [""] * num_c, fontsize=8)
+        if num_c <= 8:
+            for i in range(num_c):
+                for j in range(num_c):
+                    v = matrices[li, i, j]
+                    ax.text(j, i, "" if np.isnan(v) else f"{v:.2f}", ha="center",
+                            va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=what)
+    fig.suptitle(title or f"{what} between checkpoints, per layer", fontsize=11)
+    return save_figure(fig, path, bbox_inches="tight")

@@ -260,7 +260,7 @@ def trajectory_changes(stacked_params: Mapping[str, Any], reference_index: int =
 
     Args:
       stacked_params: params tree (or ``{"params", "batch_stats"}``) whose leaves have a
-        leading checkpoint axis ``(C, ...)``, as `load_trajectory` returns.
+        leading checkpoint axis ``(C, ...)``, as `runs.Run.stack_variables` returns.
       reference_index: the checkpoint the others are compared with.
       steps: the ``C`` training steps, for plots (default ``0 .. C-1``).
       blocks: the model's ``block_names()``, for forward order.

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from transfusion_jax.analysis.weight_change import (  # noqa: E402
+from transfusion_jax.analysis.weight_change import (
     TrajectoryChange,
     WeightChange,
 )
+from transfusion_jax.outputs import plt, save_figure, write_csv
 
 # Matplotlib 3.10 replaced boxplot's ``vert`` by ``orientation``.
 _HORIZONTAL = ({"orientation": "horizontal"}
@@ -29,13 +24,6 @@ logger = logging.getLogger(__name__)
 
 def _label(path: str) -> str:
     return path.removesuffix("/kernel")
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def write_weight_change(result: WeightChange, out_dir: str | Path, *,
@@ -64,7 +52,7 @@ def write_weight_change(result: WeightChange, out_dir: str | Path, *,
     def agg(values: np.ndarray, fn) -> float | str:
         return float(fn(values)) if values.size else ""
 
-    _write_csv(written["layers_csv"],
+    write_csv(written["layers_csv"],
                ["index", "path", "shape", "num_filters", "norm_before", "norm_after",
                 "norm_change", "relative_change", "correlation", "filter_correlation_mean",
                 "filter_correlation_min", "filter_relative_change_mean",
@@ -74,7 +62,7 @@ def write_weight_change(result: WeightChange, out_dir: str | Path, *,
                  agg(c.filter_correlation, np.mean), agg(c.filter_correlation, np.min),
                  agg(c.filter_relative_change, np.mean), agg(c.filter_relative_change, np.max)]
                 for i, c in enumerate(result.layers)])
-    _write_csv(written["filters_csv"],
+    write_csv(written["filters_csv"],
                ["path", "filter", "correlation", "relative_change", "mean_abs_before",
                 "mean_abs_change"],
                [[c.path, j, *values] for c in result.layers
@@ -101,8 +89,7 @@ def write_weight_change(result: WeightChange, out_dir: str | Path, *,
            title=(title or "relative weight change per layer (forward order, top to bottom)")
            + skipped)
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(written["layers_png"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, written["layers_png"], dpi=110)
 
     fig, ax = plt.subplots(figsize=(7.5, height), constrained_layout=True)
     rows = [(i, c.filter_correlation) for i, c in enumerate(result.layers)
@@ -119,8 +106,7 @@ def write_weight_change(result: WeightChange, out_dir: str | Path, *,
     ax.set(xlabel="Pearson correlation of each filter, before vs after",
            title=title or "per-filter correlation before/after, per layer")
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(written["correlation_png"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, written["correlation_png"], dpi=110)
     if trajectory is not None:
         written["trajectory_png"] = Path(
             plot_trajectory_changes(trajectory, out / "weight_change_trajectory.png"))
@@ -154,6 +140,5 @@ def plot_trajectory_changes(trajectory: TrajectoryChange, path: str | Path, *,
     else:
         mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, count - 1))
         fig.colorbar(mappable, ax=ax, label="layer index (forward order)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return str(path)

@@ -16,11 +16,10 @@ dataset holds what the transform expects and returns a per-example function.
 
 Referable DR is a 2-class softmax problem so that the trainer's ROC-AUC *is* the referable-DR
 AUC: for 2-class single-label data, `transfusion_jax.train.metrics.ranking_metrics` ranks
-examples by the logit margin ``z1 - z0 = log p(referable) - log p(not referable)``, a
-monotone function of ``p(referable)``, against the targets ``grade >= 2``. Referable means
-moderate or worse DR (grade >= 2 on the 0-4 ICDR scale the Kaggle data uses), the definition
-of Gulshan et al. 2016 less its macular-edema criterion, which the Kaggle data does not grade;
-Raghu et al. 2019 report this AUC on RETINA. For CheXpert the
+examples by the softmax probability ``p(referable)`` against the targets ``grade >= 2``.
+Referable means moderate or worse DR (grade >= 2 on the 0-4 ICDR scale the Kaggle data
+uses), the definition of Gulshan et al. 2016 less its macular-edema criterion, which the
+Kaggle data does not grade; Raghu et al. 2019 report this AUC on RETINA. For CheXpert the
 trainer's ROC-AUC is the macro mean over the 5 pathologies (U-Ones / U-Zeros are the two
 simplest uncertainty policies of Irvin et al. 2019); the sigmoid loss is chosen by
 ``train.loss = "auto"`` from ``multi_label``.

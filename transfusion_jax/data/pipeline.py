@@ -108,3 +108,21 @@ def eval_batches(source: Any, data_config: Any, global_batch_size: int,
     ds = grain.MapDataset.range(total).map(get).batch(local)[index::count]
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
     yield from ds.to_iter_dataset(options)
+
+
+def first_examples(source: Any, data_config: Any, num_examples: int = 0,
+                   num_threads: int = 4) -> dict[str, np.ndarray]:
+    """The first ``num_examples`` of a split (0 = all), preprocessed as for evaluation.
+
+    The same arrays on every process (nothing is sharded): a fixed evaluation subset.
+
+    Returns:
+      ``{"image": float32 (n, s, s, c), "label": (n,) or (n, k)}``.
+    """
+    n = min(num_examples or len(source), len(source))
+    if n == 0:
+        raise DataError("the split is empty")
+    ds = grain.MapDataset.source(source)[:n].map(make_preprocess(data_config)).batch(256)
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+    batches = list(ds.to_iter_dataset(options))
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

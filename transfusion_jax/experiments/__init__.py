@@ -6,7 +6,7 @@
   median), paired speed-ups.
 - `aggregate`, `aggregate_text`, `aggregate_plots`: per-group statistics of a sweep folder
   and its CSV / Markdown / JSON files and figures.
-- `sweep_similarity`: per-layer CKA of the trained models to their inits and each other.
+- `group_similarity`: per-layer CKA of the trained models to their inits and each other.
 - `report`: the sweep's HTML / Markdown report.
 
 Import the modules themselves (``from transfusion_jax.experiments.stats import ...``): this

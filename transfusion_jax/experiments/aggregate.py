@@ -18,7 +18,6 @@ only by seed). Per group, `aggregate_sweep` computes (definitions in `stats`):
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -28,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from transfusion_jax.config import ConfigError
 from transfusion_jax.experiments import aggregate_plots
 from transfusion_jax.experiments.aggregate_text import conclusion, csv_rows, markdown
 from transfusion_jax.experiments.grid import RUNS_DIR, group_label, read_json, read_status
 from transfusion_jax.experiments.stats import bootstrap_ci, jsonable, paired_speedup, steps_summary
-from transfusion_jax.train.writer import read_metrics
+from transfusion_jax.outputs import write_csv
+from transfusion_jax.runs import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _convergence_spec(runs: list[dict]) -> dict[str, Any]:
     specs = {(r["summary"]["convergence"]["metric"], r["summary"]["convergence"]["threshold"],
               r["summary"]["convergence"]["mode"]): r["name"] for r in runs}
     if len(specs) > 1:
-        raise ValueError("runs of the sweep track different convergence criteria, so their "
+        raise ConfigError("runs of the sweep track different convergence criteria, so their "
                          f"steps cannot be compared: {specs}; aggregate sweeps of one criterion")
     metric, threshold, mode = next(iter(specs))
     return {"metric": metric, "threshold": threshold, "mode": mode}
@@ -130,7 +131,7 @@ def aggregate_sweep(sweep_dir: str | Path, *, baseline: str = "random",
       baseline first, see the module docstring) and ``conclusion`` (one plain paragraph).
 
     Raises:
-      ValueError: runs that track different convergence metrics or thresholds.
+      ConfigError: runs that track different convergence metrics or thresholds.
     """
     sweep_dir = Path(sweep_dir)
     finished, failed, other = _read_runs(sweep_dir)
@@ -192,8 +193,8 @@ def write_aggregate(result: dict[str, Any], out_dir: str | Path) -> dict[str, st
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"csv": out_dir / "aggregate.csv", "md": out_dir / "aggregate.md",
              "json": out_dir / "aggregate.json"}
-    with open(files["csv"], "w", newline="") as f:
-        csv.writer(f).writerows(csv_rows(result))
+    header, *rows = csv_rows(result)
+    write_csv(files["csv"], header, rows, digits=None)
     files["md"].write_text(markdown(result))
     files["json"].write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     out = {k: str(v) for k, v in files.items()}

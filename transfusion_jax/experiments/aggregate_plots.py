@@ -3,7 +3,7 @@
 Every function reads the dict of `aggregate.aggregate_sweep` and writes one PNG:
 
 - ``curves.png``: per group, the eval convergence metric against the step, the mean over
-  seeds with a shaded band = the percentile bootstrap CI of that mean (the aggregate's
+  seeds with a shaded band = the BCa bootstrap CI of that mean (the aggregate's
   confidence), computed on the eval steps common to the group's runs; the threshold as a
   dashed line; one panel per value of the other axes, one colour per init;
 - ``steps_to_threshold.png``: restricted mean steps with CI error bars, each run as a dot
@@ -20,12 +20,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.ticker as ticker
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as ticker  # noqa: E402
-import numpy as np  # noqa: E402
+from transfusion_jax.outputs import plt, save_figure
 
 DEPTH = re.compile(r"transfusion_k(\d+)$")
 
@@ -47,13 +45,6 @@ def _contexts(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         other = {a: v for a, v in g["axes"].items() if a != result["baseline_axis"]}
         out.setdefault(", ".join(f"{a}={v}" for a, v in sorted(other.items())), []).append(g)
     return out
-
-
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _f(x: Any) -> float:
@@ -89,7 +80,7 @@ def plot_convergence_curves(result: dict[str, Any], path: str | Path) -> Path:
         ax.set_visible(False)
     fig.suptitle(f"Eval {conv['metric']} over training\nmean over seeds; band = "
                  f"{result['confidence']:.0%} bootstrap CI of the mean", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _hbar_axes(labels: list[str], title: str) -> tuple[plt.Figure, plt.Axes]:
@@ -141,7 +132,7 @@ def plot_steps_to_threshold(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(len(groups) - 0.5, -0.6)
     ax.set_xlabel("training steps")
     fig.legend(fontsize=8, loc="outside lower center", ncols=5)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_speedup(result: dict[str, Any], path: str | Path) -> Path | None:
@@ -179,7 +170,7 @@ def plot_speedup(result: dict[str, Any], path: str | Path) -> Path | None:
     ax.set_ylim(len(groups) - 0.5, -0.5)
     ax.set_xlabel("speed-up (log scale)")
     fig.legend(fontsize=8, loc="outside lower center", ncols=3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_speedup_vs_depth(result: dict[str, Any], path: str | Path) -> Path | None:
@@ -212,7 +203,7 @@ def plot_speedup_vs_depth(result: dict[str, Any], path: str | Path) -> Path | No
     ax.set_xticks(sorted({p[0] for pts, _ in lines.values() for p in pts}))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:

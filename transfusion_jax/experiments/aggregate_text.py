@@ -163,7 +163,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Sweep aggregate: steps to {_threshold_text(conv)}", "", result["conclusion"], "",
         *table(header, rows), "",
         f"- **steps**: restricted mean over seeds; a run that never reached the threshold "
-        f"counts as its run length, so \"≥\" marks a lower bound. Intervals: {pct} percentile "
+        f"counts as its run length, so \"≥\" marks a lower bound. Intervals: {pct} BCa "
         f"bootstrap over seeds ({result['resamples']} resamples); with fewer than 5 seeds they "
         "are rough.",
         "- **KM median**: Kaplan-Meier median steps; \"> N\" when more than half of the runs "

@@ -168,6 +168,21 @@ def expand_grid(config: ml_collections.ConfigDict, sweep_dir: Path) -> list[Grid
     return runs
 
 
+def require_sweep_dir(sweep_dir: str | Path) -> None:
+    """Raises `ConfigError` unless ``sweep_dir`` holds a sweep's runs (``runs/*/`` with a
+    ``sweep_run.json``): what ``job = aggregate`` reads."""
+    sweep_dir = Path(sweep_dir)
+    if any((sweep_dir / RUNS_DIR).glob(f"*/{STATUS_FILE}")):
+        return
+    if (sweep_dir / "checkpoints").is_dir():
+        raise ConfigError(f"job=aggregate needs a sweep's workdir; {sweep_dir} is a single "
+                          "training run (its summary is summary.md). Aggregate the workdir of "
+                          "a job=sweep config, whose runs are in runs/*/")
+    raise ConfigError(f"job=aggregate needs a sweep's workdir (runs/*/{STATUS_FILE}); "
+                      f"{sweep_dir} holds none: run the sweep first (job=sweep) or give its "
+                      "--workdir")
+
+
 def run_dir(sweep_dir: Path, run: GridRun) -> Path:
     """The workdir of one run of the sweep."""
     return Path(sweep_dir) / RUNS_DIR / run.name

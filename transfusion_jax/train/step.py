@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from transfusion_jax import parallel
+from transfusion_jax.train.freeze import frozen_batchnorm
 from transfusion_jax.train.losses import LOSSES
 from transfusion_jax.train.metrics import LossAccuracy, per_example_accuracy
 from transfusion_jax.train.state import TrainState
@@ -24,11 +25,14 @@ Batch = dict[str, jax.Array]
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_name: str,
-                    multi_label: bool, mesh: Mesh) -> Callable:
+                    multi_label: bool, mesh: Mesh,
+                    frozen_bn: frozenset[str] = frozenset()) -> Callable:
     """Returns ``step(state, metrics, batch) -> (state, metrics, loss)``, jitted and donated.
 
     ``metrics`` is a `LossAccuracy` collection accumulated since the last reset; ``loss`` is
     the scalar loss of this batch (used to catch NaN/inf at the step it appears).
+    BatchNorm modules at the paths ``frozen_bn`` run in inference mode
+    (`transfusion_jax.train.freeze`): running averages used, never updated.
     """
     loss_fn = LOSSES[loss_name]
 
@@ -36,9 +40,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_nam
         rng = jax.random.fold_in(state.rng, state.step)
 
         def objective(params):
-            (logits, _), updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+            with frozen_batchnorm(frozen_bn):
+                (logits, _), updates = model.apply(
+                    {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                    train=True, mutable=["batch_stats"], rngs={"dropout": rng})
             per_example = loss_fn(logits, batch["label"])
             return per_example.mean(), (logits, per_example, updates)
 

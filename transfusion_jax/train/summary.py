@@ -35,5 +35,25 @@ def write_summary(workdir: str | Path, summary: dict[str, Any]) -> tuple[Path, P
         *[f"| {k} | {_fmt(v)} |" for k, v in summary["final_eval"].items()], "",
         "Files:", *[f"- {k}: `{v}`" for k, v in summary["files"].items()], "",
     ]
+    for name, values in summary.get("final_evals", {}).items():
+        lines += _evaluator_table(name, values)
     md_path.write_text("\n".join(lines))
     return json_path, md_path
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``"linear_cka/block1"`` -> ``("linear_cka", "block1")``; ``"loss"`` -> ``("loss", "")``."""
+    metric, _, block = key.partition("/")
+    return metric, block
+
+
+def _evaluator_table(name: str, values: dict[str, Any]) -> list[str]:
+    """A Markdown table of one evaluator's final values: metrics x blocks."""
+    metrics = list(dict.fromkeys(split_key(k)[0] for k in values))
+    blocks = list(dict.fromkeys(split_key(k)[1] for k in values))
+    head = [f"| {name} at the last step | " + " | ".join(b or "value" for b in blocks) + " |",
+            "|---" * (len(blocks) + 1) + "|"]
+    rows = [f"| {m} | " + " | ".join(_fmt(values[f"{m}/{b}" if b else m])
+                                      if (f"{m}/{b}" if b else m) in values else ""
+                                      for b in blocks) + " |" for m in metrics]
+    return [*head, *rows, ""]

@@ -34,6 +34,8 @@ class MetricWriter:
         self.path = Path(workdir) / "metrics.jsonl"
         self._enabled = parallel.is_writer()
         self._tb = None
+        self._tb_class = None  # the events file is opened at the first write, not before
+        self._tb_dir = Path(workdir) / "tb"
         if self._enabled and tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -41,7 +43,7 @@ class MetricWriter:
                 log.info("tensorboardX not installed: no TensorBoard events "
                          "(pip install 'transfusion_jax[tensorboard]')")
             else:
-                self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+                self._tb_class = SummaryWriter
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         """Appends one summary line (and TensorBoard scalars ``split/name``)."""
@@ -51,6 +53,8 @@ class MetricWriter:
                   **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tb is None and self._tb_class is not None:
+            self._tb = self._tb_class(str(self._tb_dir))
         if self._tb is not None:
             for name, value in metrics.items():
                 if math.isfinite(float(value)):  # e.g. steps_to_threshold of a run not there
@@ -67,11 +71,3 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """Every line of ``workdir/metrics.jsonl``, in order."""
-    path = Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from transfusion_jax.checkpoints import read_orbax_variables
 from transfusion_jax.weights import name_maps
 from transfusion_jax.weights.merge import merge_params, unflatten
 from transfusion_jax.weights.pth import read_pth
 from transfusion_jax.weights.readers import (
     is_flax_flat,
     read_npz,
-    read_orbax_variables,
     read_safetensors,
 )
 

@@ -109,6 +109,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
+class RefusedObjectError(pickle.UnpicklingError, ValueError):
+    """The file pickles an object other than tensors and dicts of them (e.g. a whole model)."""
+
+
 class _Unpickler(pickle.Unpickler):
     """Maps torch names to NumPy stand-ins; storages come from ``load_storage``."""
 
@@ -123,9 +127,11 @@ class _Unpickler(pickle.Unpickler):
             return _StorageType(name)
         if module == "torch" and name == "UntypedStorage":
             return _StorageType("uint8")
-        raise pickle.UnpicklingError(
+        raise RefusedObjectError(
             f"refusing to load {module}.{name}: only tensors and dicts of tensors are "
-            "supported in .pth files read without torch")
+            "supported in .pth files read without torch (nothing in a weight file is run); "
+            "if this is a whole pickled model, save its weights with "
+            "torch.save(model.state_dict(), PATH) and use that file")
 
     def persistent_load(self, pid: Any) -> Any:
         pid = tuple(x.decode("ascii") if isinstance(x, bytes) else x for x in pid)
@@ -217,7 +223,24 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
-    obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    with open(path, "rb") as f:
+        zip_magic = f.read(4) == b"PK\x03\x04"
+    try:
+        if zipfile.is_zipfile(path):
+            obj = _load_zip(path)
+        elif zip_magic:
+            raise ValueError("a zip archive without its directory (truncated?)")
+        else:
+            obj = _load_legacy(path)
+    except RefusedObjectError as e:
+        raise RefusedObjectError(f"{path}: {e}") from e
+    except (ValueError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error,
+            KeyError, IndexError, TypeError) as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path} is truncated, damaged or not a torch checkpoint "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                         "re-download or re-save it") from e
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]

@@ -1,8 +1,9 @@
 """Per-layer similarity of a sweep's trained models: to their own init and to each other.
 
 Every finished run contributes two checkpoints, its initialisation (step 0) and its final
-state; all of them (per architecture) are compared in one stacked, streamed pass
-(`transfusion_jax.analysis.cross_run`). From the ``(L, C, C)`` matrices come:
+state; all of them (per architecture) are compared in one stacked, streamed pass of the
+checkpoint-similarity pipeline (`transfusion_jax.analysis.checkpoint_similarity`). From the
+``(L, C, C)`` matrices come:
 
 - **to init**: per run and layer, CKA / SVCCA of the trained model with its own
   initialisation (how far each layer moved; Transfusion's learning-dynamics figure);
@@ -13,20 +14,23 @@ state; all of them (per architecture) are compared in one stacked, streamed pass
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from transfusion_jax.analysis.cross_run import compare_checkpoints, plot_cross_run  # noqa: E402
-from transfusion_jax.experiments.grid import GridRun, group_label  # noqa: E402
+from transfusion_jax.analysis.checkpoint_similarity import (
+    CheckpointRef,
+    checkpoint_pairs,
+    checkpoint_similarity,
+    resolve_layers,
+    stack_checkpoints,
+)
+from transfusion_jax.analysis.similarity_plots import plot_per_layer
+from transfusion_jax.experiments.grid import GridRun, group_label
+from transfusion_jax.outputs import nan_to_none, plt, save_figure, write_csv_dicts
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def _between(cka: np.ndarray, finals: list[int], groups: list[str], seeds: list[
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def sweep_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir: Path, *,
+def group_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir: Path, *,
                      max_examples: int = 1000, reduction: str = "mean_pool",
                      svcca: bool = True) -> dict[str, str]:
     """Writes ``to_init.csv``, ``between.csv``, ``to_init.png``, ``between.png``.
@@ -60,16 +64,20 @@ def sweep_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir:
     Args:
       runs, run_dirs: the finished runs (one architecture) and their workdirs.
       out_dir: where the files go.
-      max_examples, reduction, svcca: as in `compare_checkpoints`.
+      max_examples, reduction: as in `checkpoint_similarity`.
+      svcca: also SVCCA of each trained model to its own initialisation.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     refs = []
     for run, d in zip(runs, run_dirs, strict=True):
-        refs += [(f"{run.name}@init", d, 0), (run.name, d, None)]
-    result = compare_checkpoints(refs, max_examples=max_examples, reduction=reduction,
-                                 svcca=svcca,
-                                 svcca_only=[(2 * i, 2 * i + 1) for i in range(len(runs))])
-    layers = result.layers
+        refs += [CheckpointRef(f"{run.name}@init", d, 0), CheckpointRef(run.name, d)]
+    stacked = stack_checkpoints(refs)
+    layers = resolve_layers(stacked)
+    to_init = [(2 * i, 2 * i + 1) for i in range(len(runs))]
+    result = checkpoint_similarity(
+        stacked, layers=layers, max_examples=max_examples, reduction=reduction,
+        svcca_pairs=checkpoint_pairs(to_init, len(layers)) if svcca else None)
+    matrices = {name: result.per_layer(name) for name in result.values}
     groups = [group_label(r.axes) for r in runs]
     names = list(dict.fromkeys(groups))
     seeds = [r.seed for r in runs]
@@ -77,34 +85,26 @@ def sweep_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir:
     rows = []
     for i, run in enumerate(runs):
         for li, layer in enumerate(layers):
-            values = {k: float(m[li, 2 * i, 2 * i + 1]) for k, m in result.matrices.items()}
+            values = {k: float(m[li, 2 * i, 2 * i + 1]) for k, m in matrices.items()}
             rows.append({"group": groups[i], "seed": run.seed, "layer": layer, **values})
-    _write_csv(out_dir / "to_init.csv", rows)
-    between = _between(result.matrices["linear_cka"], finals, groups, seeds, names)
-    _write_csv(out_dir / "between.csv", [
+    write_csv_dicts(out_dir / "to_init.csv", rows)
+    between = _between(matrices["linear_cka"], finals, groups, seeds, names)
+    write_csv_dicts(out_dir / "between.csv", [
         {"layer": layer, "group_a": a, "group_b": b, "linear_cka": float(between[li, i, j])}
         for li, layer in enumerate(layers) for i, a in enumerate(names)
         for j, b in enumerate(names) if j >= i])
     (out_dir / "similarity.json").write_text(json.dumps(
         {"layers": layers, "groups": names, "num_examples": result.num_examples,
-         "reduction": reduction, "between_linear_cka": between.tolist()}, indent=1) + "\n")
+         "reduction": reduction, "between_linear_cka": nan_to_none(between)}, indent=1) + "\n")
     files = {"to_init_csv": str(out_dir / "to_init.csv"),
              "between_csv": str(out_dir / "between.csv")}
     files["to_init_png"] = str(_plot_to_init(rows, names, layers, out_dir / "to_init.png"))
-    files["between_png"] = str(plot_cross_run(
+    files["between_png"] = str(plot_per_layer(
         between, names, layers, out_dir / "between.png",
         title="Linear CKA between trained models (diagonal: same init, other seeds)"))
-    log.info("sweep similarity: %d checkpoints x %d layers over %d examples", len(refs),
+    log.info("group similarity: %d checkpoints x %d layers over %d examples", len(refs),
              len(layers), result.num_examples)
     return files
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
 
 
 def _plot_to_init(rows: list[dict], names: list[str], layers: list[str], path: Path) -> Path:
@@ -127,6 +127,4 @@ def _plot_to_init(rows: list[dict], names: list[str], layers: list[str], path: P
     fig.suptitle("How far each layer moved from its initialisation (mean, min-max over seeds)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -1,16 +1,15 @@
-"""The similarity sweep job on a real (tiny) run: batched + streamed equals a plain loop."""
+"""The similarity job on a real (tiny) run: batched + streamed equals a plain loop."""
 
 from __future__ import annotations
 
 import csv
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.conftest import run_cli, smoke_config
-from transfusion_jax.analysis.similarity_sweep import run_similarity_sweep
+from transfusion_jax.analysis.similarity_job import run_similarity_job
 from transfusion_jax.config import ConfigError, load_config
 from transfusion_jax.data import eval_batches, open_source
 from transfusion_jax.similarity import linear_cka, svcca
@@ -35,24 +34,24 @@ def sweep_config(run_dir, **overrides):
     return config
 
 
-def test_sweep_equals_a_per_checkpoint_loop(data_dir, run_dir, tmp_path):
-    result = run_similarity_sweep(sweep_config(run_dir), tmp_path)
+def test_similarity_job_equals_a_per_checkpoint_loop(data_dir, run_dir, tmp_path):
+    result = run_similarity_job(sweep_config(run_dir), tmp_path)
     steps, layers = result["steps"], result["layers"]
     assert steps == [0, 8, 12] and layers == ["block1", "block2", "block3", "block4",
                                               "pre_logits"]
     cka = result["linear_cka"]
     assert cka.shape == (3, 5, 3, 5) and not np.isnan(cka).any()
     # The loop a user would write: restore each checkpoint, run the model, mean-pool.
-    from transfusion_jax.analysis.trajectory import load_trajectory
+    from transfusion_jax.runs import Run
 
-    traj = load_trajectory(run_dir)
+    run = Run.open(run_dir)
     config = smoke_config(data_dir)
     source, _ = open_source(config.data, config.data.eval_split)
     images = np.concatenate([b["image"] for b in eval_batches(source, config.data, 32)])[:48]
     model = build_run(config).model
     reps = []
-    for c in range(3):
-        variables = jax.tree.map(lambda v, c=c: v[c], traj.variables)
+    for step in run.steps:
+        variables = run.read_variables(step)
         _, out = model.apply(variables, jnp.asarray(images))
         reps.append([np.asarray(out[name]).mean(axis=(1, 2)) if out[name].ndim == 4
                      else np.asarray(out[name]) for name in layers])
@@ -70,16 +69,16 @@ def test_sweep_equals_a_per_checkpoint_loop(data_dir, run_dir, tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
 
 
-def test_sweep_errors_name_the_fix(run_dir, tmp_path):
+def test_similarity_job_errors_name_the_fix(run_dir, tmp_path):
     with pytest.raises(ConfigError, match="not outputs of the model; valid: .*block1"):
-        run_similarity_sweep(sweep_config(run_dir, layers=("block9",)), tmp_path)
+        run_similarity_job(sweep_config(run_dir, layers=("block9",)), tmp_path)
     with pytest.raises(ConfigError, match=r"steps \[5\] are not checkpoints"):
-        run_similarity_sweep(sweep_config(run_dir, steps=(0, 5)), tmp_path)
+        run_similarity_job(sweep_config(run_dir, steps=(0, 5)), tmp_path)
     with pytest.raises(ConfigError, match="is not a training run's workdir"):
-        run_similarity_sweep(sweep_config(tmp_path), tmp_path)
+        run_similarity_job(sweep_config(tmp_path), tmp_path)
 
 
-def test_sweep_command_line(data_dir, run_dir, tmp_path):
+def test_similarity_job_command_line(data_dir, run_dir, tmp_path):
     proc = run_cli(tmp_path, data_dir, f"--config.similarity.run_dir={run_dir}",
                    "--config.similarity.max_examples=32", "--config.similarity.pairs=plots",
                    config="configs/similarity_sweep.py")
