@@ -7,14 +7,17 @@ shapes and initialisers), so checkpoints, weight import and initialisers see no 
 - ``xla``: ``lax.conv_general_dilated``, XLA's own convolution;
 - ``im2col``: every convolution as matrix products (`transfusion_jax.models.conv_matmul`);
 - ``auto`` (the default): XLA's convolution on GPU and TPU. On CPU, per convolution, the
-  form measured faster for its kind (`cpu_form`): XLA:CPU's convolution is fine for most
-  kxk kernels on maps larger than 4x4 but falls off a cliff elsewhere. Measured on 2 cores,
-  batch 64, forward + both gradients, process CPU time in ms, XLA vs matrix products:
-  5x5, 64 -> 128 channels on a 4x4 map 242 vs 24; 3x3, 256 -> 256 on 2x2 275 vs 18 (kernels
-  as wide as the map); 1x1, 64 -> 256 on 56x56 (batch 16) 873 vs 134 (XLA's kernel
-  gradient); depthwise 5x5 on 8x8x144, stride 2, 188 vs 15; but 5x5, 16 -> 32 on 14x14 17 vs
-  90 and 3x3, 64 -> 64 on 8x8 16 vs 20, where XLA's own is faster. XLA flags (oneDNN,
-  XNNPACK, the thunk runtime) did not change these.
+  form measured faster for its kind (`cpu_form`; `benchmarks/conv_forms.py` times each kind
+  in both forms and records which is faster in ``benchmarks/results/conv_forms_cpu.json``,
+  and a test checks the rule against that record). XLA:CPU's convolution is fine for kxk
+  kernels on maps wider than the kernel but falls off a cliff elsewhere. Measured on 2 cores,
+  batch 64, forward + both gradients, ms, XLA vs matrix products: 5x5, 64 -> 128 channels on
+  a 4x4 map 127 vs 21; 3x3, 256 -> 256 on 2x2 140 vs 11 (kernels as wide as the map); 1x1,
+  64 -> 256 on 56x56 (batch 16) 689 vs 137 (XLA's kernel gradient); depthwise 5x5 on
+  8x8x144, stride 2, 125 vs 9; the 7x7 stride-2 stem on 3 channels 37 vs 23; but 5x5,
+  1 -> 16 on 28x28 21 vs 116, 5x5, 16 -> 32 on 14x14 23 vs 64 and 3x3, 32 -> 32 on 56x56
+  84 vs 174, where XLA's own is faster. XLA flags (oneDNN, XNNPACK, the thunk runtime) did
+  not change these.
 
 The form is chosen when the model is traced, from JAX's default backend. Every form computes
 the same function up to rounding: tests compare forward passes and gradients on the zoo.
@@ -35,9 +38,9 @@ from transfusion_jax.models import conv_matmul
 
 CONV_IMPLS = ("auto", "xla", "im2col")
 
-# auto on CPU: a dense kxk convolution with at most this many output positions per image is
-# computed as matrix products (XLA's convolution is slow there, faster above).
-SMALL_MAP_POSITIONS = 16
+# auto on CPU: a strided dense convolution reading at most this many input channels (a stem
+# on RGB or grey images) is computed as matrix products.
+FEW_INPUT_CHANNELS = 4
 
 
 def check_conv_impl(impl: str) -> None:
@@ -48,18 +51,23 @@ def check_conv_impl(impl: str) -> None:
 
 
 def cpu_form(kernel_size: Sequence[int], out_size: Sequence[int], c_in: int,
-             feature_group_count: int) -> str:
+             feature_group_count: int, strides: Sequence[int] = (1, 1)) -> str:
     """``auto``'s choice on CPU for one convolution: ``"im2col"`` or ``"xla"``.
 
-    Matrix products for depthwise convolutions, 1x1 kernels and kxk kernels whose output
-    map has at most `SMALL_MAP_POSITIONS` positions; XLA's convolution otherwise (larger
-    maps, and grouped convolutions, which no model here has and nothing measured).
+    Matrix products for depthwise convolutions, 1x1 kernels, strided stems (at most
+    `FEW_INPUT_CHANNELS` input channels; a stride-1 one, CBR's first layer, is 5x faster in
+    XLA's form) and kernels at least as wide as the output map;
+    XLA's convolution otherwise (kxk kernels on wider maps, and grouped convolutions, which
+    no model here has and nothing measured). ``benchmarks/conv_forms.py`` measures each
+    kind; ``tests/test_conv.py`` checks this rule against its recorded results.
     """
     if feature_group_count > 1:
         return "im2col" if feature_group_count == c_in else "xla"
     if all(k == 1 for k in kernel_size):
         return "im2col"
-    return "im2col" if out_size[0] * out_size[1] <= SMALL_MAP_POSITIONS else "xla"
+    if c_in <= FEW_INPUT_CHANNELS and max(strides) > 1:
+        return "im2col"
+    return "im2col" if max(kernel_size) >= min(out_size) else "xla"
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -91,7 +99,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         form = impl
         if impl == "auto":
             form = ("xla" if jax.default_backend() != "cpu" else
-                    cpu_form(g.kernel_size, g.out_size, lhs.shape[-1], feature_group_count))
+                    cpu_form(g.kernel_size, g.out_size, lhs.shape[-1], feature_group_count,
+                             g.strides))
     if form == "xla":
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
