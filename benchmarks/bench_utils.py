@@ -4,7 +4,6 @@ the machine's matmul peak, what the machine was doing, and markdown tables."""
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,8 +26,7 @@ def pin_threads(threads: int) -> None:
 def machine_state() -> dict[str, Any]:
     """Load averages (1, 5, 15 min) and CPU count: was anything else running?"""
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "affinity": len(os.sched_getaffinity(0)), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def interleaved_best(contestants: dict[str, Callable[[], Any]], steps: int, rounds: int,
