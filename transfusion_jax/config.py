@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "cbr_tiny"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # How convolutions are computed: auto (XLA's on GPU/TPU; on CPU, per convolution, the
+    # form measured faster) | xla | im2col.
+    # Parameters are the same in every form; see transfusion_jax/models/conv.py.
+    c.model.conv_impl = "auto"
     # Family-specific constructor options (e.g. width for CBR), set by a config file; a
     # --config.model.options.KEY=... override needs the key to exist in that file.
     c.model.options = ml_collections.ConfigDict()

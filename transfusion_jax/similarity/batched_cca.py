@@ -38,8 +38,8 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep, conven
     groups = _center(groups, rescale=False)  # epsilon is in the activations' units
     n = groups[0].shape[1]
     # Per item, once: covariance and its eigendecomposition.
-    covs = [jnp.einsum("pni,pnj->pij", g, g) for g in groups]
-    eig = [jax.vmap(eigh_lib.eigh_descending)(c / (n - 1)) for c in covs]
+    covs = [jnp.einsum("pni,pnj->pij", g, g) / (n - 1) for g in groups]
+    eig = [eigh_lib.eigh_descending_many(c) for c in covs]
     out = jnp.zeros((len(pairs),), groups[0].dtype)
     for (gi, gj), rows in _pair_buckets(pairs, layout).items():
         q = np.asarray([r[0] for r in rows])
@@ -53,7 +53,7 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep, conven
             if method == "pwcca":
                 moments = None
                 if convention == "released":
-                    moments = pwcca_lib.Moments(covs[gi][i] / (n - 1), covs[gj][j] / (n - 1),
+                    moments = pwcca_lib.Moments(covs[gi][i], covs[gj][j],
                                                 means[gi][i], means[gj][j],
                                                 jnp.asarray(n, sxy.dtype))
                 return pwcca_lib.pwcca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol,

@@ -235,8 +235,9 @@ def pair_moments(x, y, rtol: float | None = None, *, normalize: bool = True,
                  means: bool = False) -> PairMoments:
     """The front end of `cca`, `svcca` and `pwcca`, written once: `prepare_pair` (checks,
     common dtype, rank cut), the covariance blocks (and means) in one jitted call, and both
-    covariances' ascending eigendecompositions: side by side on host threads for concrete
-    arrays (`eigh.eigh_upper_many`), one batched ``eigh`` inside a transformation.
+    covariances' ascending eigendecompositions through `eigh.eigh_upper_many` (side by side
+    on host threads for concrete CPU arrays, in graph for tracers, one matrix per call on
+    CPU).
     `covariances` is exactly symmetric, so no symmetrising pass is needed.
 
     Args:
@@ -248,10 +249,7 @@ def pair_moments(x, y, rtol: float | None = None, *, normalize: bool = True,
     x, y, rtol = prepare_pair(x, y, rtol)
     concrete = validation.is_concrete(x, y)
     sxx, syy, sxy, mean_x, mean_y = _moments(x, y, normalize=normalize, means=means)
-    if concrete:
-        eig_x, eig_y = eigh_lib.eigh_upper_many([sxx, syy], symmetrize=False)
-    else:
-        eig_x, eig_y = eigh_lib.eigh_upper_pair(sxx, syy, symmetrize=False)
+    eig_x, eig_y = eigh_lib.eigh_upper_many([sxx, syy], symmetrize=False)
     return PairMoments(eig_x, eig_y, sxx, syy, sxy, mean_x, mean_y,
                        jnp.asarray(x.shape[0], x.dtype), rtol, concrete)
 

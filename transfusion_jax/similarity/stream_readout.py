@@ -114,8 +114,8 @@ def cca_values(stats, epsilon, rtol, *, spec, method: str, keep, only: tuple[int
                convention: str) -> jax.Array:
     """``(Q,)`` mean CCA / SVCCA / PWCCA of the pair numbers `only` (NaN elsewhere).
 
-    Each item's covariance is decomposed once (looped with `lax.map` over the items of each
-    width) and shared by every pair it takes part in; per pair only the whitened
+    Each item's covariance is decomposed once (`eigh.eigh_descending_many`: one matrix per
+    call on CPU) and shared by every pair it takes part in; per pair only the whitened
     cross-covariance's decomposition remains (looped over the pairs of each width pair).
 
     Args:
@@ -149,8 +149,7 @@ def cca_values(stats, epsilon, rtol, *, spec, method: str, keep, only: tuple[int
         covs = gather([(i, i) for i in its])
         located = [spec.layout.locate(i) for i in its]
         mean = means[located[0][0]][np.asarray([r for _, r in located])]
-        # lax.map, not vmap: a batched eigh of many small matrices was far slower on CPU.
-        eig = jax.lax.map(eigh_lib.eigh_descending, covs)
+        eig = eigh_lib.eigh_descending_many(covs)  # one matrix per call on CPU
         per_width[width] = (covs, mean, eig)
         slot.update({i: (width, r) for r, i in enumerate(its)})
 

@@ -129,6 +129,12 @@ def _correlate(lx, vx, ly, vy, sxy, rtol, *, kx: int, ky: int, keep: float | int
     return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
 
 
+@partial(jax.jit, static_argnames=("keep",))
+def _svcca_ascending(lx, vx, ly, vy, sxy, rtol, *, keep: float | int) -> cca_lib.CCAResult:
+    return svcca_from_eig(eigh_lib.descending((lx, vx)), eigh_lib.descending((ly, vy)), sxy,
+                          keep, rtol)
+
+
 def _bucket(k: int, d: int, step: int = 64) -> int:
     return int(min(d, -(-max(k, 1) // step) * step))
 
@@ -160,8 +166,8 @@ def svcca(
     m = cca_lib.pair_moments(x, y, rtol, normalize=False)
     (lx, vx), (ly, vy), sxy = m.eig_x, m.eig_y, m.sxy
     dx, dy = sxy.shape
-    if not m.concrete:  # full size, with masks
-        return _correlate(lx, vx, ly, vy, sxy, m.rtol, kx=dx, ky=dy, keep=keep)
+    if not m.concrete:  # kept sizes unknown while tracing: full size, masked
+        return _svcca_ascending(lx, vx, ly, vy, sxy, m.rtol, keep=keep)
     kx = int(jnp.sum(keep_mask(lx[::-1], keep)))
     ky = int(jnp.sum(keep_mask(ly[::-1], keep)))
     res = _correlate(lx, vx, ly, vy, sxy, m.rtol, kx=_bucket(kx, dx), ky=_bucket(ky, dy),

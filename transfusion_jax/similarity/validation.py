@@ -81,15 +81,20 @@ def _device_extremes(values: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def all_finite(values: Any) -> bool:
-    """Whether every value is finite, read where the array lives (one reduction)."""
+    """Whether every value is finite, checked where the values live.
+
+    A `jax.Array` is checked on its own device (a sum, as in `_extremes`; every value only
+    when the sum is not finite), so only a scalar comes back to the host; anything else is
+    checked with NumPy.
+    """
     if isinstance(values, jax.Array):
-        return bool(_device_all_finite(values))
+        return bool(_sum_is_finite(values)) or bool(jnp.all(jnp.isfinite(values)))
     return bool(np.all(np.isfinite(np.asarray(values))))
 
 
 @jax.jit
-def _device_all_finite(values: jax.Array) -> jax.Array:
-    return jnp.all(jnp.isfinite(values))
+def _sum_is_finite(values: jax.Array) -> jax.Array:
+    return jnp.isfinite(jnp.sum(values))
 
 
 def _raise_non_finite(name: str, values: Any) -> None:
