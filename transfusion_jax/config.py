@@ -134,6 +134,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.similarity.bootstrap = 50
     c.similarity.null = 20
     c.similarity.confidence = 0.95
+    # percentile: the replicates' quantiles (the estimate's spread); basic: 2 * value minus
+    # them, centred on the bias-corrected estimate (for CCA-family values at few examples
+    # per feature, whose bootstrap replicates sit above the value; see the <measure>_bias
+    # column).
+    c.similarity.interval = "percentile"
 
     # job = sweep: train every variant of the grid (axes x seeds) under the workdir, then
     # aggregate. An axis is {label: partial config tree}, e.g. axes.init = {"random": {"init":

@@ -312,7 +312,7 @@ def checkpoint_similarity(stacked: StackedCheckpoints, *, layers: Sequence[str] 
             replicates.replicates(pairs, values, debiased=debiased, svcca_keep=svcca_keep))
     return CheckpointSimilarity(list(stacked.labels), list(stacked.steps), layers, pairs,
                                 values, sum(kept), reduction,
-                                summaries(values, reps, uncertainty.confidence), warnings,
+                                summaries(values, reps, uncertainty), warnings,
                                 int(stats.count), widths, reps)
 
 

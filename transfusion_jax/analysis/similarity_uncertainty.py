@@ -36,12 +36,14 @@ COLUMNS = {"low": "low", "high": "high", "bias": "bias", "null_low": "null_low",
 
 @dataclasses.dataclass(frozen=True)
 class UncertaintyOptions:
-    """How many replicates, at which confidence (``bootstrap = null = 0``: none)."""
+    """How many replicates, at which confidence, which interval (``bootstrap = null = 0``:
+    none). ``interval`` is ``'percentile'`` or ``'basic'`` (see `intervals.summarize`)."""
 
     bootstrap: int = 0
     null: int = 0
     confidence: float = 0.95
     seed: int = 0
+    interval: str = "percentile"
 
     def __post_init__(self):
         if self.bootstrap < 0 or self.null < 0:
@@ -49,6 +51,9 @@ class UncertaintyOptions:
                               f"{self.null} must be >= 0 (0 turns that part off)")
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"similarity.confidence={self.confidence} must lie in (0, 1)")
+        if self.interval not in intervals.INTERVALS:
+            raise ConfigError(f"similarity.interval={self.interval!r} is not one of "
+                              f"{', '.join(intervals.INTERVALS)}")
 
     @property
     def enabled(self) -> bool:
@@ -56,9 +61,11 @@ class UncertaintyOptions:
 
     @classmethod
     def from_config(cls, section) -> UncertaintyOptions:
-        """From a ``config.similarity`` section (``bootstrap``, ``null``, ``confidence``)."""
+        """From a ``config.similarity`` section (``bootstrap``, ``null``, ``confidence``,
+        ``interval``)."""
         return cls(int(section.get("bootstrap", 0)), int(section.get("null", 0)),
-                   float(section.get("confidence", 0.95)))
+                   float(section.get("confidence", 0.95)),
+                   interval=str(section.get("interval", "percentile")))
 
 
 def resampled_pairs(pairs: np.ndarray, wanted: np.ndarray | None) -> np.ndarray:
@@ -116,9 +123,11 @@ class UncertaintyStream:
 
 
 def summaries(values: dict[str, np.ndarray], replicates: dict[str, resample.Replicates],
-              confidence: float) -> dict[str, intervals.Summary]:
-    """`intervals.Summary` per measure that has replicates."""
-    return {name: intervals.summarize(values[name], reps, confidence)
+              options: UncertaintyOptions) -> dict[str, intervals.Summary]:
+    """`intervals.Summary` per measure that has replicates, at ``options``' confidence and
+    interval."""
+    return {name: intervals.summarize(values[name], reps, options.confidence,
+                                      interval=options.interval)
             for name, reps in replicates.items()}
 
 

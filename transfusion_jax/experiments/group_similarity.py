@@ -118,8 +118,8 @@ def group_similarity(runs: Sequence[GridRun], run_dirs: Sequence[Path], out_dir:
     reps = resample.Replicates(*(
         None if r is None else _between(r, finals, groups, seeds, names).reshape(len(r), -1)
         for r in (result.replicates_per_layer("linear_cka", k) for k in ("boot", "null"))))
-    confidence = (uncertainty or UncertaintyOptions()).confidence
-    s = intervals.summarize(between.ravel(), reps, confidence)
+    options = uncertainty or UncertaintyOptions()
+    s = intervals.summarize(between.ravel(), reps, options.confidence, interval=options.interval)
     s = intervals.Summary(*(np.reshape(a, between.shape) for a in s))
     write_csv_dicts(out_dir / "between.csv", [
         {"layer": layer, "group_a": a, "group_b": b, "linear_cka": float(between[li, i, j]),

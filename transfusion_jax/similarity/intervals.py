@@ -27,6 +27,7 @@ import numpy as np
 # many examples per feature a value carries a warning.
 MIN_EXAMPLES_PER_FEATURE = 10
 CCA_FAMILY = {"cca": "CCA", "svcca": "SVCCA", "pwcca": "PWCCA"}
+INTERVALS = ("percentile", "basic")  # see `summarize`
 
 
 class Summary(NamedTuple):
@@ -75,7 +76,7 @@ def summarize(value, replicates, confidence: float = 0.95, *,
       interval: ``'percentile'`` (the replicates' quantiles) or ``'basic'`` (``2 value -``
         those quantiles: centred on the bias-corrected estimate).
     """
-    if interval not in ("percentile", "basic"):
+    if interval not in INTERVALS:
         raise ValueError(f"interval must be 'percentile' or 'basic'; got {interval!r}.")
     value = np.asarray(value, dtype=np.float64)
     nan = np.full(value.shape, np.nan)
