@@ -36,6 +36,7 @@ def get_config(arg: str | None = None):
         c.analysis.feature_vis_size = 16
         c.analysis.feature_vis_channels = 2
         c.similarity.batch_size = 32
+        c.similarity.bootstrap, c.similarity.null = 8, 4  # intervals exercised, cheaply
     elif arg:
         raise ValueError(f"configs/analyze.py takes no arg or 'smoke', got {arg!r}")
     return c

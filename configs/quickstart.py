@@ -26,6 +26,7 @@ Args (``--config=configs/quickstart.py:ARG``): ``smoke`` shrinks it to seconds (
 """
 
 from transfusion_jax.config import base_config
+from transfusion_jax.train.evaluators import evaluator
 
 
 def get_config(arg: str | None = None):
@@ -50,9 +51,8 @@ def get_config(arg: str | None = None):
     c.train.weight_decay = 5e-4
 
     c.eval.every_steps = 50
-    c.evals.similarity_to_init = {"type": "similarity_to_init", "every_steps": 25,
-                                  "examples": 512}
-    c.evals.weight_change = {"type": "weight_change", "every_steps": 25}
+    c.evals.similarity_to_init = evaluator("similarity_to_init", every_steps=25, examples=512)
+    c.evals.weight_change = evaluator("weight_change", every_steps=25)
     c.convergence.metric = "accuracy"
     c.convergence.threshold = 0.9
 

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from transfusion_jax.config import base_config
 from transfusion_jax.experiments.grid import init_variants
+from transfusion_jax.train.evaluators import evaluator
 
 HERE = Path(__file__).resolve()
 
@@ -102,9 +103,8 @@ def get_config(arg: str | None = None):
     c.train.steps = 400
     c.eval.every_steps = 25
     # Learning dynamics, logged live: each block's CKA with its own init, and weight change.
-    c.evals.similarity_to_init = {"type": "similarity_to_init", "every_steps": 25,
-                                  "examples": 512}
-    c.evals.weight_change = {"type": "weight_change", "every_steps": 25}
+    c.evals.similarity_to_init = evaluator("similarity_to_init", every_steps=25, examples=512)
+    c.evals.weight_change = evaluator("weight_change", every_steps=25)
     c.convergence.metric, c.convergence.threshold = "accuracy", 0.95
     c.checkpoint.every_steps, c.checkpoint.keep_last = 100, 1
     c.sweep.stages = (("source", f"{HERE}:source_{arg}"),)
@@ -137,4 +137,5 @@ def get_config(arg: str | None = None):
         c.checkpoint.every_steps = 6
         c.log.every_steps = 4
         c.similarity.max_examples = 64
+        c.similarity.bootstrap, c.similarity.null = 8, 4  # intervals exercised, cheaply
     return c

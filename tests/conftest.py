@@ -108,3 +108,15 @@ def tree_snapshot(path: Path) -> dict[str, bytes] | None:
         return {".": path.read_bytes()}
     return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>")
             for p in sorted(path.rglob("*"))}
+
+
+def equations(jaxpr):
+    """Every equation of a jaxpr, those of its sub-jaxprs (jit, scan, map, cond) too."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                if hasattr(sub, "eqns"):
+                    yield from equations(sub)
+                elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                    yield from equations(sub.jaxpr)

@@ -89,8 +89,9 @@ def svcca(x: np.ndarray, y: np.ndarray, keep) -> np.ndarray:
 
 
 def pwcca(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Morcos et al. 2018, eq. (2)-(3): weights alpha_i ~ sum_j |<h_i, x_j>| over centered
-    neurons x_j of the side with fewer neurons, h_i its unit-norm canonical variates."""
+    """Morcos et al. 2018, eq. (2)-(3), read literally (``convention="definition"``): weights
+    alpha_i ~ sum_j |<h_i, x_j>| over centered neurons x_j of the side with fewer neurons, h_i
+    its unit-norm canonical variates."""
     if x.shape[1] > y.shape[1]:
         x, y = y, x
     xc = centering(x.shape[0]) @ x
@@ -123,3 +124,99 @@ def minibatch_cka(xs, ys, kernel: str = "linear", sigma_frac: float = 0.8) -> fl
     kk = np.mean([hsic_unbiased(gram(x), gram(x)) for x in xs])
     ll = np.mean([hsic_unbiased(gram(y), gram(y)) for y in ys])
     return float(kl / np.sqrt(kk * ll))
+
+
+# ------------------------------------------------------- the authors' released conventions
+#
+# Written from reading google/svcca (cca_core.get_cca_similarity, pwcca.compute_pwcca and the
+# SVCCA recipe of tutorials/001_Introduction.ipynb), in this file's own code: the same
+# arithmetic on (examples, neurons) arrays, without that repository.
+
+
+def _inverse_sqrt(cov: np.ndarray, rcond: float = 1e-15) -> np.ndarray:
+    """Symmetric pseudo-inverse square root, as the released code forms it (pinv, then the
+    square root of its eigenvalues)."""
+    lam, vec = np.linalg.eigh(np.linalg.pinv(cov, rcond=rcond))
+    return vec @ np.diag(np.sqrt(np.maximum(lam, 0.0))) @ vec.T
+
+
+def released_pwcca(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """google/svcca's compute_pwcca with epsilon 0, for ``x (n, dx)``, ``y (n, dy)``.
+
+    Released steps: covariances of the centred data (numpy's cov), each side divided by its
+    largest entry; symmetric inverse square roots; the SVD ``u s v`` of ``Sxx^-1/2 Sxy
+    Syy^-1/2``; the side with fewer neurons supplies the weights; its "directions" are
+    ``u^T (A - m) + m`` (``A`` the raw (neurons, examples) activations, ``m`` their neuron
+    means, added back by neuron index), orthonormalised by QR; weights ``sum_j |<q_i, a_j>|``
+    over the raw activations ``a_j``, normalised to sum 1; PWCCA = ``sum_i w_i s_i``.
+
+    The released second branch (more neurons in x) raises IndexError. Its fixed, symmetric
+    form is the first branch with the arguments swapped: computed here exactly that way, so
+    both argument orders give one number.
+    """
+    if x.shape[1] > y.shape[1]:
+        x, y = y, x
+    acts_x, acts_y = x.T, y.T  # (neurons, examples), the released layout
+    dx = acts_x.shape[0]
+    cov = np.cov(acts_x, acts_y)
+    sxx, sxy, syy = cov[:dx, :dx], cov[:dx, dx:], cov[dx:, dx:]
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / np.sqrt(xmax * ymax)
+    u, s, _ = np.linalg.svd(_inverse_sqrt(sxx) @ sxy @ _inverse_sqrt(syy))
+    means = acts_x.mean(axis=1, keepdims=True)
+    directions = u.T @ (acts_x - means) + means
+    q, _ = np.linalg.qr(directions.T)
+    weights = np.sum(np.abs(q.T @ acts_x.T), axis=1)
+    weights = weights / weights.sum()
+    return float(np.sum(weights * s)), s, weights
+
+
+def released_cca(x: np.ndarray, y: np.ndarray, epsilon: float = 0.0) -> np.ndarray:
+    """google/svcca's get_cca_similarity coefficients ("cca_coef1") for ``x (n, dx)``,
+    ``y (n, dy)``: the singular values of ``Sxx^-1/2 Sxy Syy^-1/2`` of the max-normalised
+    covariances, ``epsilon`` added to their diagonals."""
+    dx = x.shape[1]
+    cov = np.cov(x.T, y.T)
+    sxx, sxy, syy = cov[:dx, :dx], cov[:dx, dx:], cov[dx:, dx:]
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx = sxx / xmax + epsilon * np.eye(dx)
+    syy = syy / ymax + epsilon * np.eye(syy.shape[0])
+    sxy = sxy / np.sqrt(xmax * ymax)
+    return np.linalg.svd(_inverse_sqrt(sxx) @ sxy @ _inverse_sqrt(syy), compute_uv=False)
+
+
+def released_svcca(x: np.ndarray, y: np.ndarray, keep) -> float:
+    """The SVCCA recipe of google/svcca's introduction tutorial, then get_cca_similarity with
+    epsilon 1e-10, mean of all its coefficients.
+
+    Each (neurons, examples) array is centred per neuron, ``U s V = svd``, the reduced data
+    is ``diag(s_k) V_k`` for the top ``k`` directions (a count, as in the tutorial, or the
+    fewest reaching a fraction of the variance ``sum s^2``), and the coefficients are the
+    singular values of ``Sxx^-1/2 Sxy Syy^-1/2`` of the reduced data.
+    """
+
+    def reduce(a):
+        acts = a.T
+        centred = acts - acts.mean(axis=1, keepdims=True)
+        _, s, v = np.linalg.svd(centred, full_matrices=False)
+        if isinstance(keep, int):
+            k = keep
+        else:
+            frac = np.cumsum(s**2) / np.sum(s**2)
+            k = int(np.searchsorted(frac, keep) + 1)
+        return (s[:k, None] * v[:k]), k
+
+    rx, _ = reduce(x)
+    ry, _ = reduce(y)
+    return float(np.mean(released_cca(rx.T, ry.T, epsilon=1e-10)))
+
+
+def relu_case(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Issue 15's case: ReLU outputs with non-zero means, x (400, 10), y (400, 16)."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((400, 6))
+    x = np.maximum(z @ rng.standard_normal((6, 10)) + 0.5 * rng.standard_normal((400, 10))
+                   + 0.3, 0)
+    y = np.maximum(z @ rng.standard_normal((6, 16)) + 0.5 * rng.standard_normal((400, 16))
+                   - 0.2, 0)
+    return x, y

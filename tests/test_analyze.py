@@ -46,6 +46,12 @@ def test_report_of_a_fine_tuned_run(run_dir, tmp_path):
     # Steps 0 (before), 12 (after) and the saved step 8 between them, all compared at once.
     assert result["features"].steps == [0, 12, 8]
     assert "nan" not in (tmp_path / "features/cross_run.csv").read_text().lower()
+    with open(tmp_path / "features/cross_run.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["linear_cka_low"]) <= float(r["linear_cka_high"]) and
+               float(r["linear_cka_null_low"]) <= float(r["linear_cka_null_high"])
+               for r in rows)
+    assert "null band" in html
 
 
 def test_a_checkpoint_compared_with_itself_did_not_change(run_dir, tmp_path):

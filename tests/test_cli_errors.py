@@ -133,7 +133,7 @@ CASES = [
          "holds NaN or infinite values in 1 tensor(s): params/block1/bn/bias"),
     Case("source_does_not_fit", ("--config.init.name=pretrained",
                                  "--config.init.source={short_npz}"),
-         "weights do not match the model (1 problems):"),
+         "weights do not match the model (1 problem):"),
     Case("source_run_not_finished", ("--config.init.name=pretrained",
                                      "--config.init.source={unfinished}"),
          "is a run that has not finished: its newest checkpoint is step 0 of 12", cli=True),

@@ -142,3 +142,20 @@ def test_bad_evaluator_on_the_command_line(data_dir, tmp_path):
     assert "evals.weight_change.type='weight_chnage' is not valid (did you mean " \
            "'weight_change'?)" in errors[0]
     assert not (workdir / "checkpoints").exists()
+
+
+def test_every_option_of_a_configured_evaluator_is_settable_by_flag(data_dir, tmp_path):
+    from transfusion_jax.cli_flags import parse_command_line
+
+    config, _ = parse_command_line([
+        "prog", "--config=configs/quickstart.py:smoke", f"--workdir={tmp_path / 'run'}",
+        "--config.evals.similarity_to_init.svcca=True",
+        "--config.evals.similarity_to_init.layers=('block1', 'block2')",
+        "--config.evals.similarity_to_init.debiased=True"])
+    entry = config.evals.similarity_to_init
+    assert entry.svcca is True and entry.debiased is True
+    assert tuple(entry.layers) == ("block1", "block2")
+    assert entry.examples == 32  # the smoke variant's own value is kept
+    from transfusion_jax.train.evaluators import evaluator
+    with pytest.raises(ConfigError, match="its options are: .*svcca"):
+        evaluator("similarity_to_init", svcc=True)

@@ -52,11 +52,11 @@ def test_svcca_matches_reference_float64(x64, keep):
 
 
 @pytest.mark.parametrize("swap", [False, True])
-def test_pwcca_matches_reference_float64(x64, swap):
+def test_pwcca_definition_matches_reference_float64(x64, swap):
     x, y = _pair(70, 7, 4, seed=4)
     if swap:
         x, y = y, x
-    got = sim.pwcca(x, y)
+    got = sim.pwcca(x, y, convention="definition")
     want, rhos, alpha = ref.pwcca(x, y)
     np.testing.assert_allclose(np.asarray(got.weights), alpha, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(np.asarray(got.rhos), rhos, rtol=1e-6, atol=1e-9)
@@ -69,8 +69,10 @@ def test_cca_float32_within_documented_tolerance():
     want = ref.cca(x, y)
     got = sim.cca(x.astype(np.float32), y.astype(np.float32))
     np.testing.assert_allclose(np.asarray(got.rhos), want, atol=1e-4)
-    got = sim.pwcca(x.astype(np.float32), y.astype(np.float32))
+    got = sim.pwcca(x.astype(np.float32), y.astype(np.float32), convention="definition")
     np.testing.assert_allclose(float(got.mean), ref.pwcca(x, y)[0], atol=1e-4)
+    got = sim.pwcca(x.astype(np.float32), y.astype(np.float32))
+    np.testing.assert_allclose(float(got.mean), ref.released_pwcca(x, y)[0], atol=1e-4)
 
 
 def test_rank_deficient_input_gives_column_space_cca(x64):
@@ -81,8 +83,10 @@ def test_rank_deficient_input_gives_column_space_cca(x64):
     assert int(got.count) == 4
     np.testing.assert_allclose(np.asarray(got.rhos[:4]), ref.cca(x, y), atol=1e-8)
     assert np.all(np.asarray(got.rhos[4:]) == 0)
-    pw = sim.pwcca(x_dup, y)
-    assert np.isfinite(float(pw.mean))
+    for convention in ("released", "definition"):
+        pw = sim.pwcca(x_dup, y, convention=convention)
+        assert np.isfinite(float(pw.mean))
+        np.testing.assert_allclose(float(np.sum(pw.weights)), 1.0, rtol=1e-12)
     # n < d: 10 examples, 20 features each -> spans coincide, every correlation is 1.
     r = np.random.default_rng(7)
     small = sim.cca(r.standard_normal((10, 20)), r.standard_normal((10, 20)))
@@ -126,4 +130,7 @@ def test_svcca_pwcca_wider_than_gram_block_match_reference(x64):
     y = x[:, :520] * np.linspace(0.05, 3.0, 520) + r.standard_normal((2000, 520))
     got, want = sim.svcca(x, y, keep=0.9), ref.svcca(x, y, 0.9)
     np.testing.assert_allclose(float(got.mean), want.mean(), rtol=1e-6)
-    np.testing.assert_allclose(float(sim.pwcca(x, y).mean), ref.pwcca(x, y)[0], rtol=1e-6)
+    np.testing.assert_allclose(float(sim.pwcca(x, y, convention="definition").mean),
+                               ref.pwcca(x, y)[0], rtol=1e-6)
+    np.testing.assert_allclose(float(sim.pwcca(x, y).mean), ref.released_pwcca(x, y)[0],
+                               rtol=1e-6)

@@ -92,7 +92,7 @@ def test_bad_options_raise():
     with pytest.raises(ValueError, match="form"):
         sim.linear_cka(X, Y, form="fast")
     with pytest.raises(ValueError, match="mean_pool"):
-        sim.reduce_conv(np.zeros((2, 3, 3, 4)), "max_pool")
+        sim.reduce_conv(np.zeros((2, 3, 3, 4)), "max_pool", layout="NHWC")
 
 
 def test_traced_constant_gives_documented_zero_not_nan():
@@ -115,8 +115,9 @@ def test_traced_non_finite_propagates_nan():
 
 def test_conv_reductions():
     a = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)
-    assert sim.reduce_conv(a, "flatten_positions").shape == (24, 5)
-    np.testing.assert_allclose(sim.reduce_conv(a, "mean_pool"), a.mean(axis=(1, 2)))
-    assert sim.reduce_conv(a, "flatten_all").shape == (2, 60)
+    assert sim.reduce_conv(a, "flatten_positions", layout="NHWC").shape == (24, 5)
+    np.testing.assert_allclose(sim.reduce_conv(a, "mean_pool", layout="NHWC"),
+                               a.mean(axis=(1, 2)))
+    assert sim.reduce_conv(a, "flatten_all", layout="NHWC").shape == (2, 60)
     np.testing.assert_array_equal(sim.flatten_positions(a)[4], a[0, 1, 0])
     assert sim.reduce_conv(X, "mean_pool").shape == X.shape

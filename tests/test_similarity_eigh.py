@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jax's CPU LAPACK calls)
 from threadpoolctl import threadpool_info
 
+from tests.conftest import equations
 from transfusion_jax import similarity as sim
 from transfusion_jax.similarity import eigh as eigh_lib
 
@@ -91,3 +92,50 @@ def test_front_ends_side_by_side_equal_the_traced_graph(x64, name):
     got, want = fn[name](x, y), jax.jit(fn[name])(x, y)
     np.testing.assert_allclose(float(got.mean), float(want.mean), rtol=1e-9)
     np.testing.assert_allclose(np.asarray(got.rhos), np.asarray(want.rhos), atol=1e-9)
+
+
+def _eigh_operand_ranks(fn, *args) -> list[int]:
+    """The rank of every ``eigh`` operand in ``fn``'s program (sub-programs included)."""
+    return [e.invars[0].aval.ndim for e in equations(jax.make_jaxpr(fn)(*args).jaxpr)
+            if e.primitive.name == "eigh"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU LAPACK path")
+def test_no_batched_decomposition_in_graph_on_cpu():
+    """jaxlib's batched CPU ``eigh`` blocks on its own thread pool, so two of them in one
+    program can deadlock (module docstring): on CPU every in-graph ``eigh`` is one matrix."""
+    a, b = jnp.asarray(_spd(6, 0)), jnp.asarray(_spd(6, 1))
+    ranks = _eigh_operand_ranks(eigh_lib.eigh_descending_pair, a, b)
+    ranks += _eigh_operand_ranks(eigh_lib.eigh_descending_many, jnp.stack([a, b, a]))
+    assert ranks and set(ranks) == {2}
+    lam, vec = eigh_lib.eigh_descending_many(jnp.stack([a, b]))
+    for m, lm, vm in zip((a, b), lam, vec, strict=True):
+        np.testing.assert_allclose(np.asarray(lm), np.linalg.eigvalsh(np.asarray(m))[::-1],
+                                   rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(m @ vm), np.asarray(vm * lm[None]), atol=1e-2)
+
+
+EIGHT_PAIRS = """
+import jax, jax.numpy as jnp, numpy as np
+from transfusion_jax.similarity import eigh as eigh_lib
+rng = np.random.default_rng(0)
+xs = [jnp.asarray(rng.standard_normal((200 + 16 * i, 300)), jnp.float32) for i in range(8)]
+f = jax.jit(lambda xs: [eigh_lib.eigh_descending_pair(x @ x.T, x @ x.T + 1) for x in xs])
+for i in range(15):
+    jax.block_until_ready(f([x + i for x in xs]))
+print("done")
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU LAPACK path")
+def test_many_pairs_in_one_program_finish():
+    """The program that hung with batched pairs (8 pairs of 200-312 wide matrices, 15 calls
+    on 2 threads) finishes; run in a subprocess so that a deadlock fails instead of hanging."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, cli_env
+
+    proc = subprocess.run([sys.executable, "-c", EIGHT_PAIRS], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]

@@ -8,23 +8,14 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import equations
 from transfusion_jax import similarity as sim
 from transfusion_jax.similarity import minibatch, precision, streaming
 
 
 def _dot_precisions(jaxpr) -> list:
     """The ``precision`` of every dot_general in a jaxpr, sub-jaxprs (jit, scan, map) too."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                if hasattr(sub, "eqns"):
-                    found += _dot_precisions(sub)
-                elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                    found += _dot_precisions(sub.jaxpr)
-    return found
+    return [e.params["precision"] for e in equations(jaxpr) if e.primitive.name == "dot_general"]
 
 
 def _xy():

@@ -7,7 +7,7 @@ import pytest
 
 from tests import similarity_reference as ref
 from transfusion_jax import similarity as sim
-from transfusion_jax.similarity import compensated, minibatch, streaming
+from transfusion_jax.similarity import compensated, minibatch, streaming, validation
 
 
 def _acts(c=2, n=48, widths=(5, 3), seed=0, offset=0.0):
@@ -98,6 +98,15 @@ def test_stream_rejects_non_finite_and_wrong_layout():
     bad[1][0, 0, 0] = np.nan
     with pytest.raises(sim.SimilarityInputError, match="NaN"):
         streaming.update(stats, bad, spec=spec)
+    # Device arrays are checked on their device: a NaN or an inf anywhere is found, and
+    # finite values whose sum overflows are not taken for one.
+    for value in (np.nan, np.inf, -np.inf):
+        on_device = [jnp.asarray(a) for a in acts]
+        on_device[1] = on_device[1].at[0, 3, 1].set(value)
+        with pytest.raises(sim.SimilarityInputError, match="NaN"):
+            streaming.update(stats, on_device, spec=spec)
+    huge = [jnp.full_like(jnp.asarray(a), 3e38) for a in acts]
+    assert validation.all_finite(huge[0]) and not np.isfinite(float(jnp.sum(huge[0])))
     with pytest.raises(ValueError, match="layout"):
         streaming.update(stats, acts[:1], spec=spec)
     with pytest.raises(sim.SimilarityInputError, match="seen 0"):

@@ -3,6 +3,7 @@ failed runs recorded, and the report written over a real (tiny) transfer study."
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -74,6 +75,14 @@ def test_sweep_trains_every_run_from_the_stage_and_reports(finished_sweep):
     assert "Convergence speed" in html and "NaN" not in html
     to_init = (sweep_dir / "similarity/to_init.csv").read_text().splitlines()
     assert len(to_init) == 1 + 6 * 5  # runs x (4 blocks + pre_logits)
+    # Every value with its bootstrap interval and null band (issue 15).
+    assert {"linear_cka_low", "linear_cka_null_high", "svcca_null_low",
+            "warning"} <= set(to_init[0].split(","))
+    between = list(csv.DictReader(open(sweep_dir / "similarity/between.csv")))
+    filled = [r for r in between if r["linear_cka"]]
+    assert filled and all(float(r["linear_cka_null_low"]) <= float(r["linear_cka_null_high"])
+                          and float(r["linear_cka_low"]) <= float(r["linear_cka_high"])
+                          for r in filled)
     # The learning dynamics the runs logged live: 3 inits x 5 layers x 3 evaluations of
     # similarity to init, 3 inits x 5 blocks (head included) x 3 of weight change.
     dynamics = (sweep_dir / "dynamics/dynamics.csv").read_text().splitlines()

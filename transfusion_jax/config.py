@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "cbr_tiny"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # How convolutions are computed: auto (XLA's on GPU/TPU; on CPU, per convolution, the
+    # form measured faster) | xla | im2col.
+    # Parameters are the same in every form; see transfusion_jax/models/conv.py.
+    c.model.conv_impl = "auto"
     # Family-specific constructor options (e.g. width for CBR), set by a config file; a
     # --config.model.options.KEY=... override needs the key to exist in that file.
     c.model.options = ml_collections.ConfigDict()
@@ -124,6 +128,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.similarity.debiased = False
     c.similarity.svcca = True
     c.similarity.svcca_keep = 0.99
+    # Bootstrap intervals over examples and null bands (examples permuted: the value of two
+    # unrelated representations) for the pairs the tables and figures show; used by the
+    # similarity job, analyze and the sweep report. 0 turns that part off.
+    c.similarity.bootstrap = 50
+    c.similarity.null = 20
+    c.similarity.confidence = 0.95
+    # percentile: the replicates' quantiles (the estimate's spread); basic: 2 * value minus
+    # them, centred on the bias-corrected estimate (for CCA-family values at few examples
+    # per feature, whose bootstrap replicates sit above the value; see the <measure>_bias
+    # column).
+    c.similarity.interval = "percentile"
 
     # job = sweep: train every variant of the grid (axes x seeds) under the workdir, then
     # aggregate. An axis is {label: partial config tree}, e.g. axes.init = {"random": {"init":

@@ -26,14 +26,16 @@ def make_stacked_forward(model: nn.Module, layers: Sequence[str],
     """
     def one(variables, images):
         _, out = model.apply(variables, images, train=False)
-        return [reduce_conv(out[name], reduction).astype(jnp.float32) for name in layers]
+        return [reduce_conv(out[n], reduction, layout="NHWC").astype(jnp.float32)
+                for n in layers]
 
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
 
 def stacked_activation_batches(forward: Callable, variables: Any,
                                batches: Iterable[dict[str, np.ndarray]], *,
-                               max_examples: int = 0) -> Iterator[list[jax.Array]]:
+                               max_examples: int = 0,
+                               kept: list[int] | None = None) -> Iterator[list[jax.Array]]:
     """Per eval batch, the per-layer ``(C, m, d)`` activations of its real examples.
 
     Padding rows are dropped: with ``flatten_positions`` each example owns ``h * w``
@@ -44,6 +46,7 @@ def stacked_activation_batches(forward: Callable, variables: Any,
       variables: stacked variables (leading checkpoint axis).
       batches: eval batches with a ``mask`` (`transfusion_jax.data.eval_batches`).
       max_examples: stop after this many real examples (0 = all).
+      kept: if given, each yielded batch's number of examples is appended to it.
     """
     seen = 0
     for batch in batches:
@@ -59,5 +62,7 @@ def stacked_activation_batches(forward: Callable, variables: Any,
             per_example = a.shape[1] // size
             rows = (keep[:, None] * per_example + np.arange(per_example)).ravel()
             out.append(a[:, rows])
+        if kept is not None:
+            kept.append(int(keep.size))
         yield out
         seen += keep.size

@@ -38,6 +38,7 @@ from transfusion_jax.analysis.checkpoint_similarity import (
     stack_checkpoints,
 )
 from transfusion_jax.analysis.similarity_files import write_per_layer
+from transfusion_jax.analysis.similarity_uncertainty import UncertaintyOptions
 from transfusion_jax.config import ConfigError
 from transfusion_jax.runs import Run, parse_ref
 
@@ -99,7 +100,8 @@ def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
                      if s not in (before.step, after.step)]
         features = checkpoint_similarity(
             stack_checkpoints(refs), layers=tuple(a.layers), split=a.split,
-            max_examples=a.max_examples, svcca_pairs=True)
+            max_examples=a.max_examples, svcca_pairs=True,
+            uncertainty=UncertaintyOptions.from_config(config.similarity))
         files["features"] = write_per_layer(features, out / "features",
                                             title="Linear CKA between checkpoints, per layer")
         files["features"]["along_png"] = str(analyze_report.plot_feature_change(

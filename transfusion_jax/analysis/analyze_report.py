@@ -10,6 +10,7 @@ import numpy as np
 
 from transfusion_jax.analysis.checkpoint_similarity import CheckpointSimilarity
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
+from transfusion_jax.analysis.similarity_plots import band
 from transfusion_jax.outputs import plt, save_figure
 
 
@@ -19,8 +20,12 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 def plot_feature_change(features: CheckpointSimilarity, path: Path) -> Path:
     """Left: per layer, CKA of ``before`` with ``after`` and with each other checkpoint.
-    Right: per layer, CKA with ``before`` along the after run's saved steps."""
+    Right: per layer, CKA with ``before`` along the after run's saved steps. Each curve with
+    its bootstrap interval (shaded) and null band (hatched)."""
     cka = features.per_layer("linear_cka")  # (L, C, C); 0 = before, 1 = after
+    bands = {f: features.per_layer("linear_cka", f)
+             for f in ("low", "high", "null_low", "null_high")}
+    colors = plt.get_cmap("tab10")(np.arange(10))
     layers, labels = features.layers, features.labels
     along = [i for i, lab in enumerate(labels) if lab.startswith("step ")]
     fig, axes = plt.subplots(1, 2 if along else 1, figsize=(11 if along else 6, 4),
@@ -30,7 +35,10 @@ def plot_feature_change(features: CheckpointSimilarity, path: Path) -> Path:
     for i, label in enumerate(labels[1:], start=1):
         if i in along:
             continue
-        ax.plot(x, cka[:, 0, i], marker="o", label=f"{labels[0]} vs {label}")
+        color = colors[(i - 1) % 10]
+        band(ax, x, bands["low"][:, 0, i], bands["high"][:, 0, i], color)
+        band(ax, x, bands["null_low"][:, 0, i], bands["null_high"][:, 0, i], color, null=True)
+        ax.plot(x, cka[:, 0, i], marker="o", color=color, label=f"{labels[0]} vs {label}")
     ax.set_xticks(x, layers, rotation=30, ha="right")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("linear CKA")
@@ -43,6 +51,10 @@ def plot_feature_change(features: CheckpointSimilarity, path: Path) -> Path:
         ax = axes[0][1]
         colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
         for li, layer in enumerate(layers):
+            band(ax, steps, bands["low"][li, 0, order], bands["high"][li, 0, order],
+                 colors[li])
+            band(ax, steps, bands["null_low"][li, 0, order], bands["null_high"][li, 0, order],
+                 colors[li], null=True)
             ax.plot(steps, cka[li, 0, order], marker=".", color=colors[li], label=layer)
         ax.set_xlabel("training step")
         ax.set_ylim(0, 1.02)
@@ -74,16 +86,33 @@ def _weight_findings(weights: Any) -> tuple[str, Table]:
 def _feature_findings(features: CheckpointSimilarity) -> tuple[str, Table]:
     names = list(features.values)
     per_layer = {n: features.per_layer(n) for n in names}
+    bands = {(n, f): features.per_layer(n, f) for n in names
+             for f in ("low", "high", "null_low", "null_high")}
+    warnings = {n: np.einsum("alcl->lac", features.warning_matrix(n)) for n in features.warnings}
+
+    def interval(n, f_low, f_high, li):
+        low, high = bands[(n, f_low)][li, 0, 1], bands[(n, f_high)][li, 0, 1]
+        return "" if not np.isfinite(low) else f"[{low:.3f}, {high:.3f}]"
+
     rows = []
     for li, layer in enumerate(features.layers):
-        rows.append([layer, *[_fmt(per_layer[n][li, 0, 1], 3) for n in names]])
+        cells = []
+        for n in names:
+            cells += [_fmt(per_layer[n][li, 0, 1], 3), interval(n, "low", "high", li),
+                      interval(n, "null_low", "null_high", li)]
+        rows.append([layer, *cells,
+                     " ".join(w[li, 0, 1] for w in warnings.values() if w[li, 0, 1])])
     cka = features.per_layer("linear_cka")[:, 0, 1]
     order = np.argsort(cka)
     text = (f"Between before and after, linear CKA is lowest in {features.layers[order[0]]} "
             f"({cka[order[0]]:.2f}) and highest in {features.layers[order[-1]]} "
             f"({cka[order[-1]]:.2f}), over {features.num_examples} test images "
-            "(features mean-pooled).")
-    return text, Table("Before vs after, per layer", ["layer", *names], rows)
+            "(features mean-pooled). Each value comes with a bootstrap interval over the "
+            "examples and the null band of unrelated representations (examples permuted).")
+    header = ["layer"]
+    for n in names:
+        header += [n, f"{n} interval", f"{n} null band"]
+    return text, Table("Before vs after, per layer", [*header, "warning"], rows)
 
 
 def _max_act_findings(comparisons: Sequence[Any]) -> tuple[str, Table]:

@@ -26,11 +26,19 @@ import ml_collections
 import numpy as np
 
 from transfusion_jax.analysis.activations import make_stacked_forward, stacked_activation_batches
+from transfusion_jax.analysis.similarity_uncertainty import (
+    UncertaintyOptions,
+    UncertaintyStream,
+    cca_warnings,
+    log_warnings,
+    resampled_pairs,
+    summaries,
+)
 from transfusion_jax.config import ConfigError
 from transfusion_jax.data import eval_batches, open_source
 from transfusion_jax.models import representation_names
 from transfusion_jax.runs import Run, stack
-from transfusion_jax.similarity import all_pairs, streaming
+from transfusion_jax.similarity import all_pairs, intervals, resample, streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +149,13 @@ class CheckpointSimilarity:
       values: ``{"linear_cka": (Q,), "svcca": (Q,)}``; SVCCA is NaN for pairs not asked.
       num_examples: examples streamed.
       reduction: how conv maps became ``(n, d)``.
+      intervals: per measure, an `intervals.Summary` over the ``Q`` pairs: bootstrap
+        interval and null band (NaN for pairs without replicates); empty without.
+      warnings: per CCA-family measure, ``Q`` few-examples warnings (None: no warning).
+      num_rows: rows streamed (``num_examples``, times ``h * w`` for flatten_positions).
+      widths: the ``L`` layers' feature counts.
+      replicates: per measure, ``boot (B, Q)`` and ``null (K, Q)`` replicate values (NaN
+        for pairs without): for summaries of derived quantities (means over pairs).
     """
 
     labels: list[str]
@@ -150,18 +165,54 @@ class CheckpointSimilarity:
     values: dict[str, np.ndarray]
     num_examples: int
     reduction: str
+    intervals: dict[str, intervals.Summary] = dataclasses.field(default_factory=dict)
+    warnings: dict[str, list[str | None]] = dataclasses.field(default_factory=dict)
+    num_rows: int = 0
+    widths: list[int] = dataclasses.field(default_factory=list)
+    replicates: dict[str, resample.Replicates] = dataclasses.field(default_factory=dict)
 
-    def matrix(self, name: str) -> np.ndarray:
-        """``(C, L, C, L)`` symmetric array of ``values[name]``, NaN where not computed."""
+    def field(self, name: str, field: str = "value") -> np.ndarray:
+        """``(Q,)`` ``values[name]`` (``field="value"``) or a field of its `intervals.Summary`
+        (``low``, ``high``, ``null_low``, ``null_high``, ...; all NaN without intervals)."""
+        if field == "value":
+            return self.values[name]
+        if name not in self.intervals:
+            return np.full(len(self.pairs), np.nan)
+        return getattr(self.intervals[name], field)
+
+    def matrix(self, name: str, field: str = "value") -> np.ndarray:
+        """``(C, L, C, L)`` symmetric array of `field` of ``name``, NaN where not computed."""
         num_c, num_l = len(self.labels), len(self.layers)
         m = np.full((num_c * num_l, num_c * num_l), np.nan)
-        m[self.pairs[:, 0], self.pairs[:, 1]] = self.values[name]
-        m[self.pairs[:, 1], self.pairs[:, 0]] = self.values[name]
+        m[self.pairs[:, 0], self.pairs[:, 1]] = self.field(name, field)
+        m[self.pairs[:, 1], self.pairs[:, 0]] = self.field(name, field)
         return m.reshape(num_c, num_l, num_c, num_l)
 
-    def per_layer(self, name: str) -> np.ndarray:
-        """``(L, C, C)``: per layer, the checkpoint x checkpoint matrix of ``values[name]``."""
-        return np.einsum("alcl->lac", self.matrix(name))
+    def per_layer(self, name: str, field: str = "value") -> np.ndarray:
+        """``(L, C, C)``: per layer, the checkpoint x checkpoint matrix of `field` of
+        ``name``."""
+        return np.einsum("alcl->lac", self.matrix(name, field))
+
+    def replicates_per_layer(self, name: str, kind: str) -> np.ndarray | None:
+        """``(R, L, C, C)`` replicates of ``name`` (``kind`` ``'boot'`` or ``'null'``) per
+        layer, NaN where none; None without replicates of that kind."""
+        reps = self.replicates.get(name)
+        reps = None if reps is None else getattr(reps, kind)
+        if reps is None:
+            return None
+        num_c, num_l = len(self.labels), len(self.layers)
+        m = np.full((reps.shape[0], num_c * num_l, num_c * num_l), np.nan)
+        m[:, self.pairs[:, 0], self.pairs[:, 1]] = reps
+        m[:, self.pairs[:, 1], self.pairs[:, 0]] = reps
+        return np.einsum("ralcl->rlac", m.reshape(-1, num_c, num_l, num_c, num_l))
+
+    def warning_matrix(self, name: str) -> np.ndarray:
+        """``(C, L, C, L)`` object array of the warnings of ``name`` (None: none)."""
+        num_c, num_l = len(self.labels), len(self.layers)
+        m = np.full((num_c * num_l, num_c * num_l), None, dtype=object)
+        for (i, j), w in zip(self.pairs.tolist(), self.warnings.get(name, []), strict=False):
+            m[i, j] = m[j, i] = w
+        return m.reshape(num_c, num_l, num_c, num_l)
 
 
 def resolve_layers(stacked: StackedCheckpoints, layers: Sequence[str] = ()) -> list[str]:
@@ -180,7 +231,9 @@ def checkpoint_similarity(stacked: StackedCheckpoints, *, layers: Sequence[str] 
                           data: ml_collections.ConfigDict | None = None, split: str = "",
                           reduction: str = "mean_pool", batch_size: int = 250,
                           max_examples: int = 0, debiased: bool = False,
-                          svcca_keep: float = 0.99) -> CheckpointSimilarity:
+                          svcca_keep: float = 0.99,
+                          uncertainty: UncertaintyOptions | None = None,
+                          interval_pairs: np.ndarray | None = None) -> CheckpointSimilarity:
     """Linear CKA (and SVCCA) between stacked checkpoints' representations.
 
     Args:
@@ -197,9 +250,13 @@ def checkpoint_similarity(stacked: StackedCheckpoints, *, layers: Sequence[str] 
       max_examples: the first this many examples of the split (0 = all).
       debiased: the debiased CKA estimator (Song et al. 2012 HSIC).
       svcca_keep: variance fraction (or number of directions) SVCCA keeps.
+      uncertainty: bootstrap and null replicates (`similarity_uncertainty`); None or zero
+        counts: none.
+      interval_pairs: ``(Q'', 2)`` pairs of ``pairs`` that get an interval and a null band
+        (default: the SVCCA pairs, else every pair); items compared with themselves never.
 
     Raises:
-      ConfigError: an unknown layer or pair set.
+      ConfigError: an unknown layer or pair set, negative replicate counts.
     """
     layers = resolve_layers(stacked, layers)
     num_c, num_l = len(stacked.labels), len(layers)
@@ -213,26 +270,50 @@ def checkpoint_similarity(stacked: StackedCheckpoints, *, layers: Sequence[str] 
     data = data or stacked.run.config.data
     source, _ = open_source(data, split or data.eval_split)
     forward = make_stacked_forward(stacked.run.model, layers, reduction)
+    kept: list[int] = []
     acts = stacked_activation_batches(forward, stacked.variables,
                                       eval_batches(source, data, batch_size, data.num_threads),
-                                      max_examples=max_examples)
+                                      max_examples=max_examples, kept=kept)
+    if svcca_pairs is True:
+        svcca_pairs = pairs
+    has_svcca = svcca_pairs is not None and svcca_pairs is not False and len(svcca_pairs)
+    uncertainty = uncertainty or UncertaintyOptions()
     first = next(acts)
     spec = streaming.StreamSpec.create(first, pairs=pairs, debiased=debiased)
     stats = streaming.update(streaming.init(spec, first), first, spec=spec)
+    replicates = None
+    if uncertainty.enabled:
+        chosen = resampled_pairs(pairs, interval_pairs if interval_pairs is not None else
+                                 (np.asarray(svcca_pairs) if has_svcca else None))
+        if len(chosen):
+            replicates = UncertaintyStream(
+                uncertainty, first, chosen, debiased=debiased,
+                rows_per_example=int(first[0].shape[1]) // kept[0])
+            replicates.update(first)
     for batch in acts:
         stats = streaming.update(stats, batch, spec=spec)
+        if replicates is not None:
+            replicates.update(batch)
     values = {"linear_cka": np.asarray(streaming.linear_cka(stats, spec=spec,
                                                             debiased=debiased))}
-    if svcca_pairs is True:
-        svcca_pairs = pairs
-    if svcca_pairs is not None and svcca_pairs is not False and len(svcca_pairs):
+    widths = [spec.layout.item_width(li) for li in range(num_l)]
+    warnings = {}
+    if has_svcca:
         index = {tuple(p): q for q, p in enumerate(pairs.tolist())}
         wanted = sorted({index[tuple(sorted(p))] for p in np.asarray(svcca_pairs).tolist()
                          if tuple(sorted(p)) in index})
         values["svcca"] = np.asarray(streaming.cca_similarity(
             stats, spec=spec, method="svcca", keep=svcca_keep, only=wanted))
+        warnings["svcca"] = cca_warnings("svcca", int(stats.count),
+                                         [widths[i % num_l] for i in range(num_c * num_l)],
+                                         pairs, values["svcca"])
+        log_warnings(warnings)
+    reps = ({} if replicates is None else
+            replicates.replicates(pairs, values, debiased=debiased, svcca_keep=svcca_keep))
     return CheckpointSimilarity(list(stacked.labels), list(stacked.steps), layers, pairs,
-                                values, int(stats.count), reduction)
+                                values, sum(kept), reduction,
+                                summaries(values, reps, uncertainty), warnings,
+                                int(stats.count), widths, reps)
 
 
 def checkpoint_pairs(checkpoint_pairs: Sequence[tuple[int, int]],

@@ -135,9 +135,9 @@ def representation(a: Any, name: str, reduction: str, layout: str = "nhwc") -> j
     # bfloat16 / float16 / integer activations are upcast; float64 stays under x64.
     wide = a.dtype == np.float64 and jax.config.jax_enable_x64
     a = jnp.asarray(a, jnp.float64 if wide else jnp.float32)
-    if a.ndim == 4 and layout == "nchw":
-        a = jnp.transpose(a, (0, 2, 3, 1))
-    return reduce_conv(a, reduction)
+    if a.ndim == 2:
+        return reduce_conv(a, reduction)
+    return reduce_conv(a, reduction, layout="NCHW" if layout == "nchw" else "NHWC")
 
 
 def rows_of(reps: Sequence[Any]) -> list[int]:

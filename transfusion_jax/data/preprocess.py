@@ -49,9 +49,11 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, how: str) -> np.ndarray:
-    """uint8 -> float32 by one of `NORMALIZATIONS`."""
+    """uint8 -> float32 by one of `NORMALIZATIONS`, in float32 throughout (the per-channel
+    ImageNet constants in float64 made every pixel take a float64 round trip: a third of the
+    per-image cost of a 224x224 pipeline, `benchmarks/input_pipeline.py`)."""
     offset, scale = NORMALIZATIONS[how]
-    return ((image.astype(np.float32) - offset) / scale).astype(np.float32)
+    return (image.astype(np.float32) - np.float32(offset)) / np.float32(scale)
 
 
 def random_crop(image: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:

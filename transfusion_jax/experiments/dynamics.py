@@ -88,7 +88,13 @@ def _plot(curves: dict, path: Path) -> Path:
     for row, (key, label) in enumerate(panels):
         for col, block in enumerate(blocks):
             ax = axes[row][col]
-            for group, (steps, values) in curves[tuple(key)].get(block, {}).items():
+            series = curves[tuple(key)].get(block, {})
+            if not series:  # e.g. weight change of pre_logits, which has no weights
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "not logged\nfor this layer", ha="center", va="center",
+                        fontsize=8, color="0.5", transform=ax.transAxes)
+                continue
+            for group, (steps, values) in series.items():
                 ax.plot(steps, values.mean(0), color=colors.get(group), lw=1.4, label=group)
                 ax.fill_between(steps, values.min(0), values.max(0), color=colors.get(group),
                                 alpha=0.2, lw=0)

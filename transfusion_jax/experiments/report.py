@@ -14,6 +14,7 @@ from pathlib import Path
 import ml_collections
 
 from transfusion_jax.analysis.html_report import Figure, Section, Table, write_report
+from transfusion_jax.analysis.similarity_uncertainty import UncertaintyOptions
 from transfusion_jax.experiments.aggregate_text import summary_table
 from transfusion_jax.experiments.dynamics import write_dynamics
 from transfusion_jax.experiments.grid import (
@@ -87,7 +88,8 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
         files.update(group_similarity(
             [r for r, _ in finished], [d for _, d in finished], sweep_dir / "similarity",
             max_examples=config.similarity.max_examples, reduction=config.similarity.reduction,
-            svcca=config.similarity.svcca))
+            svcca=config.similarity.svcca,
+            uncertainty=UncertaintyOptions.from_config(config.similarity)))
     if finished:
         files.update(write_dynamics([r for r, _ in finished], [d for _, d in finished],
                                     sweep_dir / "dynamics"))

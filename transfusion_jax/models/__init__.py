@@ -7,7 +7,9 @@ Contract (every family follows it):
   (``stem``/``block1``/... , ``pre_logits``, ``logits``);
 - every layer has an explicit ``name=``; the top-level parameter groups are the model's
   blocks in forward order, listed by ``module.block_names()``;
-- BatchNorm uses ``use_running_average=not train`` and keeps statistics in ``batch_stats``.
+- BatchNorm uses ``use_running_average=not train`` and keeps statistics in ``batch_stats``;
+- convolutions are `transfusion_jax.models.conv.Conv` layers computed as the constructor's
+  ``conv_impl`` says (``auto``, ``xla``, ``im2col``), with `flax.linen.Conv`'s parameters.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transfusion_jax.config import ConfigError
+from transfusion_jax.config import ConfigError, check_choice
 from transfusion_jax.models.cbr import make_cbr
+from transfusion_jax.models.conv import CONV_IMPLS
 from transfusion_jax.models.efficientnet_lite import make_efficientnet_lite
 from transfusion_jax.models.googlenet import make_googlenet
 from transfusion_jax.models.inception_v3 import make_inception_v3
@@ -50,21 +53,27 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(name: str, num_classes: int, **options: Any) -> nn.Module:
-    """Builds ``MODELS[name]``; a bad name or option raises `ConfigError` naming the fix."""
+def build_model(name: str, num_classes: int, *, conv_impl: str = "auto",
+                **options: Any) -> nn.Module:
+    """Builds ``MODELS[name]`` with its convolutions in form ``conv_impl`` (`CONV_IMPLS`).
+
+    Raises:
+      ConfigError: a bad name, option or ``conv_impl``, naming the fix.
+    """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
+    check_choice("model.conv_impl", conv_impl, CONV_IMPLS)
     try:
-        return MODELS[name](num_classes, **options)
+        return MODELS[name](num_classes, conv_impl=conv_impl, **options)
     except TypeError as e:
         raise ConfigError(f"bad options for model {name!r} (model.options): {e}") from e
 
 
 def model_from_config(model_config: Any, num_classes: int) -> nn.Module:
-    """The model a config's ``model`` section describes (name, dtype, options).
+    """The model a config's ``model`` section describes (name, dtype, conv_impl, options).
 
     Args:
-      model_config: ``config.model`` (``name``, ``dtype``, ``options``).
+      model_config: ``config.model`` (``name``, ``dtype``, ``conv_impl``, ``options``).
       num_classes: width of the classifier head.
 
     Raises:
@@ -73,7 +82,10 @@ def model_from_config(model_config: Any, num_classes: int) -> nn.Module:
     if model_config.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={model_config.dtype!r} is not valid; choose one of: "
                           f"{', '.join(DTYPES)}")
+    # Runs saved before model.conv_impl existed computed with XLA's form; the function is
+    # the same in every form, so they take today's default.
     return build_model(model_config.name, num_classes, dtype=DTYPES[model_config.dtype],
+                       conv_impl=model_config.get("conv_impl", "auto"),
                        **dict(model_config.options))
 
 

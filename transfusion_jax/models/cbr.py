@@ -16,7 +16,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
+from transfusion_jax.models.pool import max_pool
 
 # name -> (kernel size, channels per block, max-pool after block?)
 CBR_SPECS: dict[str, tuple[int, tuple[int, ...], tuple[bool, ...]]] = {
@@ -35,16 +37,17 @@ class CBRBlock(nn.Module):
     kernel: int
     pool: bool
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME", use_bias=False,
-                    dtype=self.dtype, name="conv")(x)
+        x = Conv(self.features, (self.kernel, self.kernel), padding="SAME", use_bias=False,
+                 dtype=self.dtype, impl=self.conv_impl, name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn")(x)
         x = nn.relu(x)
         if self.pool:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = max_pool(x, (3, 3), (2, 2), "SAME", impl=self.conv_impl)
         return x
 
 
@@ -58,6 +61,7 @@ class CBR(nn.Module):
       pool_after: whether each block ends with a max-pool.
       width: multiplier on every channel count (rounded, at least 1).
       dtype: computation dtype (parameters stay float32).
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     num_classes: int
@@ -66,6 +70,7 @@ class CBR(nn.Module):
     pool_after: Sequence[bool]
     width: float = 1.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def block_names(self) -> tuple[str, ...]:
         """Top-level parameter groups in forward order (the transfusion prefix order)."""
@@ -93,7 +98,7 @@ class CBR(nn.Module):
         for i, (c, pool) in enumerate(zip(self.channels, self.pool_after, strict=True)):
             name = f"block{i + 1}"
             x = CBRBlock(max(1, round(c * self.width)), self.kernel, pool, self.dtype,
-                         name=name)(x, train=train)
+                         self.conv_impl, name=name)(x, train=train)
             out[name] = x
         logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype)
         return logits, out
@@ -105,10 +110,10 @@ def make_cbr(name: str):
 
     def build(num_classes: int, *, kernel: int = kernel, channels: Sequence[int] = channels,
               pool_after: Sequence[bool] | None = None, width: float = 1.0,
-              dtype: Any = jnp.float32) -> CBR:
+              dtype: Any = jnp.float32, conv_impl: str = "auto") -> CBR:
         pool_after = tuple(pool_after) if pool_after is not None else pools[: len(channels)]
         return CBR(num_classes=num_classes, kernel=kernel, channels=tuple(channels),
-                   pool_after=tuple(pool_after), width=width, dtype=dtype)
+                   pool_after=tuple(pool_after), width=width, dtype=dtype, conv_impl=conv_impl)
 
     build.__name__ = f"make_{name}"
     return build

@@ -26,11 +26,13 @@ head's), ``pre_logits`` ``(n, 1280)`` and ``logits``. Inputs: RGB in [0, 255] no
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
 
 # Stages of the base network: (repeats, kernel, stride, expand ratio, in channels, out channels)
@@ -84,6 +86,7 @@ class MBConv(nn.Module):
       expand_ratio: expansion of the input channels (1: no expand conv).
       drop_connect_rate: per-example probability of dropping the residual branch in training.
       dtype: computation dtype.
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     features: int
@@ -93,23 +96,23 @@ class MBConv(nn.Module):
     drop_connect_rate: float = 0.0
     dtype: Any = jnp.float32
     bn_momentum: float = 0.99
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """``(n, h, w, c_in) -> (n, ceil(h / strides), ceil(w / strides), features)``."""
         c_in = x.shape[-1]
         hidden = c_in * self.expand_ratio
+        conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+                       impl=self.conv_impl)
         y = x
         if self.expand_ratio != 1:
-            y = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=conv_init,
-                        name="expand_conv")(y)
+            y = conv(hidden, (1, 1), name="expand_conv")(y)
             y = nn.relu6(_bn("bn0", train, self.dtype, self.bn_momentum)(y))
-        y = nn.Conv(hidden, (self.kernel, self.kernel), (self.strides, self.strides),
-                    padding="SAME", feature_group_count=hidden, use_bias=False, dtype=self.dtype,
-                    kernel_init=conv_init, name="depthwise_conv")(y)
+        y = conv(hidden, (self.kernel, self.kernel), (self.strides, self.strides),
+                 padding="SAME", feature_group_count=hidden, name="depthwise_conv")(y)
         y = nn.relu6(_bn("bn1", train, self.dtype, self.bn_momentum)(y))
-        y = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                    kernel_init=conv_init, name="project_conv")(y)
+        y = conv(self.features, (1, 1), name="project_conv")(y)
         y = _bn("bn2", train, self.dtype, self.bn_momentum)(y)
         if self.strides == 1 and c_in == self.features:
             if self.drop_connect_rate > 0:
@@ -132,6 +135,7 @@ class EfficientNetLite(nn.Module):
       dtype: computation dtype (parameters stay float32).
       bn_momentum: BatchNorm running-average momentum (0.99, the reference's; fine-tuning a
         short run on new data needs faster running statistics, e.g. 0.9).
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     num_classes: int
@@ -141,6 +145,7 @@ class EfficientNetLite(nn.Module):
     drop_connect_rate: float = 0.0
     dtype: Any = jnp.float32
     bn_momentum: float = 0.99
+    conv_impl: str = "auto"
 
     def block_names(self) -> tuple[str, ...]:
         """Top-level parameter groups in forward order."""
@@ -164,17 +169,18 @@ class EfficientNetLite(nn.Module):
         n_blocks = sum(stage[0] for stage in layout)
         out = {}
         x = x.astype(self.dtype)
-        x = _ConvBNReLU6(32, 3, 2, self.dtype, self.bn_momentum, name="stem")(x, train=train)
+        x = _ConvBNReLU6(32, 3, 2, self.dtype, self.bn_momentum, self.conv_impl,
+                         name="stem")(x, train=train)
         out["stem"] = x
         index = 0
         for i, (repeats, kernel, stride, expand, _, c_out) in enumerate(layout):
             name = f"block{i + 1}"
             x = _Stage(c_out, kernel, stride, expand, repeats, index, n_blocks,
-                       self.drop_connect_rate, self.dtype, self.bn_momentum,
+                       self.drop_connect_rate, self.dtype, self.bn_momentum, self.conv_impl,
                        name=name)(x, train=train)
             index += repeats
             out[name] = x
-        x = _ConvBNReLU6(1280, 1, 1, self.dtype, self.bn_momentum,
+        x = _ConvBNReLU6(1280, 1, 1, self.dtype, self.bn_momentum, self.conv_impl,
                          name="conv_head")(x, train=train)
         out["conv_head"] = x
         logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
@@ -195,13 +201,14 @@ class _Stage(nn.Module):
     drop_connect_rate: float
     dtype: Any
     bn_momentum: float = 0.99
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         for u in range(self.repeats):
             rate = self.drop_connect_rate * (self.first_index + u) / self.n_blocks
             x = MBConv(self.features, self.kernel, self.strides if u == 0 else 1,
-                       self.expand_ratio, rate, self.dtype, self.bn_momentum,
+                       self.expand_ratio, rate, self.dtype, self.bn_momentum, self.conv_impl,
                        name=f"unit{u}")(x, train=train)
         return x
 
@@ -214,12 +221,13 @@ class _ConvBNReLU6(nn.Module):
     strides: int
     dtype: Any
     bn_momentum: float = 0.99
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
-                    padding="SAME", use_bias=False, dtype=self.dtype, kernel_init=conv_init,
-                    name="conv")(x)
+        x = Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
+                 padding="SAME", use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+                 impl=self.conv_impl, name="conv")(x)
         return nn.relu6(_bn("bn", train, self.dtype, self.bn_momentum)(x))
 
 
@@ -228,10 +236,11 @@ def make_efficientnet_lite(name: str):
     width, depth, _, _ = LITE_SPECS[name]
 
     def build(num_classes: int, *, dropout_rate: float = 0.0, drop_connect_rate: float = 0.0,
-              dtype: Any = jnp.float32, bn_momentum: float = 0.99) -> EfficientNetLite:
+              dtype: Any = jnp.float32, bn_momentum: float = 0.99,
+              conv_impl: str = "auto") -> EfficientNetLite:
         return EfficientNetLite(num_classes=num_classes, width=width, depth=depth,
                                 dropout_rate=dropout_rate, drop_connect_rate=drop_connect_rate,
-                                dtype=dtype, bn_momentum=bn_momentum)
+                                dtype=dtype, bn_momentum=bn_momentum, conv_impl=conv_impl)
 
     build.__name__ = f"make_{name}"
     return build

@@ -26,11 +26,12 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
 from transfusion_jax.models.inputs import imagenet_to_inception_range
+from transfusion_jax.models.pool import max_pool
 
 # (name, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj) as torchvision's Inception.
 _MIXED = (
@@ -47,11 +48,13 @@ _MIXED = (
 _POOL_AFTER = {"conv2d2": 3, "mixed3b": 3, "mixed4e": 2}  # ceil-mode max-pool kernel, stride 2
 
 
-def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0) -> jnp.ndarray:
+def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0, *,
+                  impl: str = "auto") -> jnp.ndarray:
     """Max-pool like torch's ``MaxPool2d(window, stride, padding, ceil_mode=True)``.
 
     Args:
       x: ``(n, h, w, c)``.
+      impl: the model's ``conv_impl`` (`transfusion_jax.models.pool.max_pool`).
 
     Returns:
       ``(n, h_out, w_out, c)`` with ``h_out = ceil((h + 2 * padding - window) / stride) + 1``,
@@ -63,9 +66,7 @@ def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0) ->
         if (n_out - 1) * stride >= size + padding:
             n_out -= 1
         pads.append((padding, (n_out - 1) * stride + window - size - padding))
-    init = jnp.array(-jnp.inf, x.dtype)
-    return jax.lax.reduce_window(x, init, jax.lax.max, (1, window, window, 1),
-                                 (1, stride, stride, 1), [(0, 0), *pads, (0, 0)])
+    return max_pool(x, (window, window), (stride, stride), pads, impl=impl)
 
 
 class BasicConv2d(nn.Module):
@@ -75,13 +76,15 @@ class BasicConv2d(nn.Module):
     kernel: int
     strides: int = 1
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         p = self.kernel // 2
-        x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
-                    padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype,
-                    kernel_init=nn.initializers.truncated_normal(0.01), name="conv")(x)
+        x = Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
+                 padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype,
+                 kernel_init=nn.initializers.truncated_normal(0.01), impl=self.conv_impl,
+                 name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
                          dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
@@ -97,19 +100,21 @@ class Inception(nn.Module):
     ch5x5: int
     pool_proj: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """``(n, h, w, c_in) -> (n, h, w, ch1x1 + ch3x3 + ch5x5 + pool_proj)``."""
         def conv(f, k, name):
-            return BasicConv2d(f, k, dtype=self.dtype, name=name)
+            return BasicConv2d(f, k, dtype=self.dtype, conv_impl=self.conv_impl, name=name)
 
         b1 = conv(self.ch1x1, 1, "branch1")(x, train=train)
         b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train=train)
         b2 = conv(self.ch3x3, 3, "branch2_1")(b2, train=train)
         b3 = conv(self.ch5x5red, 1, "branch3_0")(x, train=train)
         b3 = conv(self.ch5x5, 3, "branch3_1")(b3, train=train)
-        b4 = conv(self.pool_proj, 1, "branch4_1")(max_pool_ceil(x, 3, 1, 1), train=train)
+        pooled = max_pool_ceil(x, 3, 1, 1, impl=self.conv_impl)
+        b4 = conv(self.pool_proj, 1, "branch4_1")(pooled, train=train)
         return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
@@ -123,12 +128,14 @@ class GoogLeNet(nn.Module):
       dropout_rate: dropout before the head in training (needs a ``dropout`` RNG when > 0;
         torchvision uses 0.2).
       dtype: computation dtype (parameters stay float32).
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     num_classes: int
     transform_input: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def block_names(self) -> tuple[str, ...]:
         """Top-level parameter groups in forward order (Lucid's layer names, then ``head``)."""
@@ -150,19 +157,20 @@ class GoogLeNet(nn.Module):
         if self.transform_input:
             x = imagenet_to_inception_range(x, self.dtype)
         out = {}
-        x = BasicConv2d(64, 7, 2, self.dtype, name="conv2d0")(x, train=train)
+        x = BasicConv2d(64, 7, 2, self.dtype, self.conv_impl, name="conv2d0")(x, train=train)
         out["conv2d0"] = x
-        x = max_pool_ceil(x, 3, 2)
-        x = BasicConv2d(64, 1, dtype=self.dtype, name="conv2d1")(x, train=train)
+        x = max_pool_ceil(x, 3, 2, impl=self.conv_impl)
+        x = BasicConv2d(64, 1, 1, self.dtype, self.conv_impl, name="conv2d1")(x, train=train)
         out["conv2d1"] = x
-        x = BasicConv2d(192, 3, dtype=self.dtype, name="conv2d2")(x, train=train)
+        x = BasicConv2d(192, 3, 1, self.dtype, self.conv_impl, name="conv2d2")(x, train=train)
         out["conv2d2"] = x
-        x = max_pool_ceil(x, 3, 2)
+        x = max_pool_ceil(x, 3, 2, impl=self.conv_impl)
         for name, *channels in _MIXED:
-            x = Inception(*channels, dtype=self.dtype, name=name)(x, train=train)
+            x = Inception(*channels, dtype=self.dtype, conv_impl=self.conv_impl,
+                          name=name)(x, train=train)
             out[name] = x
             if name in _POOL_AFTER:
-                x = max_pool_ceil(x, _POOL_AFTER[name], 2)
+                x = max_pool_ceil(x, _POOL_AFTER[name], 2, impl=self.conv_impl)
         logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
                              train=train, dropout_rate=self.dropout_rate,
                              kernel_init=nn.initializers.truncated_normal(0.01))
@@ -170,7 +178,8 @@ class GoogLeNet(nn.Module):
 
 
 def make_googlenet(num_classes: int, *, transform_input: bool = False,
-                   dropout_rate: float = 0.0, dtype: Any = jnp.float32) -> GoogLeNet:
+                   dropout_rate: float = 0.0, dtype: Any = jnp.float32,
+                   conv_impl: str = "auto") -> GoogLeNet:
     """Builds `GoogLeNet` (6,624,904 parameters for 1000 classes, as torchvision's)."""
     return GoogLeNet(num_classes=num_classes, transform_input=transform_input,
-                     dropout_rate=dropout_rate, dtype=dtype)
+                     dropout_rate=dropout_rate, dtype=dtype, conv_impl=conv_impl)

@@ -15,13 +15,16 @@ For a 299x299 input the maps are 149, 147, 147, 73, 71 pixels wide for the five 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
 from transfusion_jax.models.inputs import imagenet_to_inception_range
+from transfusion_jax.models.pool import max_pool
 
 Pad = str | Sequence[tuple[int, int]]
 
@@ -39,12 +42,14 @@ class BasicConv2d(nn.Module):
     padding: Pad = "VALID"
     stddev: float = 0.1
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        x = nn.Conv(self.features, self.kernel, (self.strides, self.strides),
-                    padding=self.padding, use_bias=False, dtype=self.dtype,
-                    kernel_init=nn.initializers.truncated_normal(self.stddev), name="conv")(x)
+        x = Conv(self.features, self.kernel, (self.strides, self.strides),
+                 padding=self.padding, use_bias=False, dtype=self.dtype,
+                 kernel_init=nn.initializers.truncated_normal(self.stddev),
+                 impl=self.conv_impl, name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
                          dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
@@ -55,8 +60,8 @@ def _avg_pool_3x3(x: jnp.ndarray) -> jnp.ndarray:
     return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
 
 
-def _max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
-    return nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+def _max_pool_3x3_s2(x: jnp.ndarray, impl: str) -> jnp.ndarray:
+    return max_pool(x, (3, 3), (2, 2), "VALID", impl=impl)
 
 
 class InceptionA(nn.Module):
@@ -64,11 +69,13 @@ class InceptionA(nn.Module):
 
     pool_features: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         def conv(f, k, p="VALID", name=None):
-            return BasicConv2d(f, k, padding=p, dtype=self.dtype, name=name)
+            return BasicConv2d(f, k, padding=p, dtype=self.dtype, conv_impl=self.conv_impl,
+                               name=name)
 
         b1 = conv(64, (1, 1), name="branch1x1")(x, train=train)
         b5 = conv(48, (1, 1), name="branch5x5_1")(x, train=train)
@@ -84,15 +91,16 @@ class InceptionB(nn.Module):
     """Grid reduction 35 -> 17 (Mixed_6a)."""
 
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        b3 = BasicConv2d(384, (3, 3), 2, dtype=self.dtype, name="branch3x3")(x, train=train)
-        bd = BasicConv2d(64, (1, 1), dtype=self.dtype, name="branch3x3dbl_1")(x, train=train)
-        bd = BasicConv2d(96, (3, 3), padding=_pad(1, 1), dtype=self.dtype,
-                         name="branch3x3dbl_2")(bd, train=train)
-        bd = BasicConv2d(96, (3, 3), 2, dtype=self.dtype, name="branch3x3dbl_3")(bd, train=train)
-        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
+        conv = partial(BasicConv2d, dtype=self.dtype, conv_impl=self.conv_impl)
+        b3 = conv(384, (3, 3), 2, name="branch3x3")(x, train=train)
+        bd = conv(64, (1, 1), name="branch3x3dbl_1")(x, train=train)
+        bd = conv(96, (3, 3), padding=_pad(1, 1), name="branch3x3dbl_2")(bd, train=train)
+        bd = conv(96, (3, 3), 2, name="branch3x3dbl_3")(bd, train=train)
+        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x, self.conv_impl)], axis=-1)
 
 
 class InceptionC(nn.Module):
@@ -100,13 +108,15 @@ class InceptionC(nn.Module):
 
     channels_7x7: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         c7 = self.channels_7x7
 
         def conv(f, k, p="VALID", name=None):
-            return BasicConv2d(f, k, padding=p, dtype=self.dtype, name=name)
+            return BasicConv2d(f, k, padding=p, dtype=self.dtype, conv_impl=self.conv_impl,
+                               name=name)
 
         b1 = conv(192, (1, 1), name="branch1x1")(x, train=train)
         b7 = conv(c7, (1, 1), name="branch7x7_1")(x, train=train)
@@ -125,11 +135,13 @@ class InceptionD(nn.Module):
     """Grid reduction 17 -> 8 (Mixed_7a)."""
 
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         def conv(f, k, s=1, p="VALID", name=None):
-            return BasicConv2d(f, k, s, padding=p, dtype=self.dtype, name=name)
+            return BasicConv2d(f, k, s, padding=p, dtype=self.dtype,
+                               conv_impl=self.conv_impl, name=name)
 
         b3 = conv(192, (1, 1), name="branch3x3_1")(x, train=train)
         b3 = conv(320, (3, 3), 2, name="branch3x3_2")(b3, train=train)
@@ -137,18 +149,20 @@ class InceptionD(nn.Module):
         b7 = conv(192, (1, 7), p=_pad(0, 3), name="branch7x7x3_2")(b7, train=train)
         b7 = conv(192, (7, 1), p=_pad(3, 0), name="branch7x7x3_3")(b7, train=train)
         b7 = conv(192, (3, 3), 2, name="branch7x7x3_4")(b7, train=train)
-        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
+        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x, self.conv_impl)], axis=-1)
 
 
 class InceptionE(nn.Module):
     """8x8 block with expanded 1x3 / 3x1 filter banks (Mixed_7b, Mixed_7c)."""
 
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         def conv(f, k, p="VALID", name=None):
-            return BasicConv2d(f, k, padding=p, dtype=self.dtype, name=name)
+            return BasicConv2d(f, k, padding=p, dtype=self.dtype, conv_impl=self.conv_impl,
+                               name=name)
 
         b1 = conv(320, (1, 1), name="branch1x1")(x, train=train)
         b3 = conv(384, (1, 1), name="branch3x3_1")(x, train=train)
@@ -169,6 +183,7 @@ class InceptionAux(nn.Module):
 
     num_classes: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -176,8 +191,9 @@ class InceptionAux(nn.Module):
             raise ValueError("InceptionV3's aux head needs Mixed_6e maps of at least 5x5 "
                              f"(inputs of about 107x107 or more), got {x.shape[1:3]}")
         x = nn.avg_pool(x, (5, 5), (3, 3), padding="VALID")
-        x = BasicConv2d(128, (1, 1), dtype=self.dtype, name="conv0")(x, train=train)
-        x = BasicConv2d(768, (5, 5), stddev=0.01, dtype=self.dtype, name="conv1")(x, train=train)
+        conv = partial(BasicConv2d, dtype=self.dtype, conv_impl=self.conv_impl)
+        x = conv(128, (1, 1), name="conv0")(x, train=train)
+        x = conv(768, (5, 5), stddev=0.01, name="conv1")(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype,
                         kernel_init=nn.initializers.truncated_normal(0.001), name="fc")(x)
@@ -209,6 +225,7 @@ class InceptionV3(nn.Module):
       dropout_rate: dropout before the head in training (needs a ``dropout`` RNG when > 0;
         torchvision uses 0.5).
       dtype: computation dtype (parameters stay float32).
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     num_classes: int
@@ -216,6 +233,7 @@ class InceptionV3(nn.Module):
     transform_input: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def block_names(self) -> tuple[str, ...]:
         """Top-level parameter groups in forward order."""
@@ -247,15 +265,17 @@ class InceptionV3(nn.Module):
         specs = ((32, (3, 3), 2, "VALID"), (32, (3, 3), 1, "VALID"), (64, (3, 3), 1, _pad(1, 1)),
                  (80, (1, 1), 1, "VALID"), (192, (3, 3), 1, "VALID"))
         for name, (f, k, s, p) in zip(_STEM, specs, strict=True):
-            x = BasicConv2d(f, k, s, p, dtype=self.dtype, name=name)(x, train=train)
+            x = BasicConv2d(f, k, s, p, dtype=self.dtype, conv_impl=self.conv_impl,
+                            name=name)(x, train=train)
             out[name] = x
             if name in ("Conv2d_2b_3x3", "Conv2d_4a_3x3"):
-                x = _max_pool_3x3_s2(x)
+                x = _max_pool_3x3_s2(x, self.conv_impl)
         for name, make in _MIXED:
             if name == "Mixed_7a" and self.aux_logits:
-                aux = InceptionAux(self.num_classes, self.dtype, name="AuxLogits")(x, train=train)
+                aux = InceptionAux(self.num_classes, self.dtype, self.conv_impl,
+                                   name="AuxLogits")(x, train=train)
                 out["aux_logits"] = aux.astype(jnp.float32)
-            x = make(dtype=self.dtype, name=name)(x, train=train)
+            x = make(dtype=self.dtype, conv_impl=self.conv_impl, name=name)(x, train=train)
             out[name] = x
         logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype,
                              train=train, dropout_rate=self.dropout_rate,
@@ -265,7 +285,8 @@ class InceptionV3(nn.Module):
 
 def make_inception_v3(num_classes: int, *, aux_logits: bool = False,
                       transform_input: bool = False, dropout_rate: float = 0.0,
-                      dtype: Any = jnp.float32) -> InceptionV3:
+                      dtype: Any = jnp.float32, conv_impl: str = "auto") -> InceptionV3:
     """Builds `InceptionV3` (``aux_logits=False``: 23,834,568 parameters for 1000 classes)."""
     return InceptionV3(num_classes=num_classes, aux_logits=aux_logits,
-                       transform_input=transform_input, dropout_rate=dropout_rate, dtype=dtype)
+                       transform_input=transform_input, dropout_rate=dropout_rate, dtype=dtype,
+                       conv_impl=conv_impl)

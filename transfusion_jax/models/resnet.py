@@ -27,7 +27,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transfusion_jax.models.conv import Conv
 from transfusion_jax.models.head import pooled_head
+from transfusion_jax.models.pool import max_pool
 
 # He normal with fan-out, as torchvision initialises ResNet convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -58,6 +60,7 @@ class ResidualUnit(nn.Module):
       bottleneck: Bottleneck unit when True, BasicBlock otherwise.
       zero_init_residual: initialise the last BatchNorm scale of the branch to zero.
       dtype: computation dtype.
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     features: int
@@ -65,11 +68,13 @@ class ResidualUnit(nn.Module):
     bottleneck: bool = False
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """``(n, h, w, c_in) -> (n, h / strides, w / strides, c_out)``."""
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+                       impl=self.conv_impl)
         bn = partial(_batch_norm, train=train, dtype=self.dtype)
         s = (self.strides, self.strides)
         if self.bottleneck:
@@ -101,12 +106,14 @@ class ResNetStage(nn.Module):
     bottleneck: bool
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         for j in range(self.num_units):
             x = ResidualUnit(self.features, self.strides if j == 0 else 1, self.bottleneck,
-                             self.zero_init_residual, self.dtype, name=f"unit{j}")(x, train=train)
+                             self.zero_init_residual, self.dtype, self.conv_impl,
+                             name=f"unit{j}")(x, train=train)
         return x
 
 
@@ -115,14 +122,15 @@ class ResNetStem(nn.Module):
 
     features: int = 64
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """``(n, h, w, 3) -> (n, ceil(h / 4), ceil(w / 4), features)``."""
-        x = nn.Conv(self.features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    dtype=self.dtype, kernel_init=conv_init, name="conv1")(x)
+        x = Conv(self.features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                 dtype=self.dtype, kernel_init=conv_init, impl=self.conv_impl, name="conv1")(x)
         x = nn.relu(_batch_norm("bn1", train, self.dtype)(x))
-        return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.conv_impl)
 
 
 class ResNet(nn.Module):
@@ -136,6 +144,7 @@ class ResNet(nn.Module):
         ``(1, 1, 0.25, 0.25)``, see `transfusion_jax.models.slim_resnet`).
       zero_init_residual: zero the last BatchNorm scale of each residual branch.
       dtype: computation dtype (parameters stay float32).
+      conv_impl: how convolutions are computed (`transfusion_jax.models.conv.CONV_IMPLS`).
     """
 
     num_classes: int
@@ -144,6 +153,7 @@ class ResNet(nn.Module):
     widths: Sequence[float] = (1.0, 1.0, 1.0, 1.0)
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def block_names(self) -> tuple[str, ...]:
         """Top-level parameter groups in forward order (the transfusion prefix order)."""
@@ -168,13 +178,15 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet needs one width per stage: got {len(self.widths)} widths "
                              f"for {len(self.stage_sizes)} stages.")
         out = {}
-        x = ResNetStem(64, self.dtype, name="stem")(x.astype(self.dtype), train=train)
+        x = ResNetStem(64, self.dtype, self.conv_impl, name="stem")(x.astype(self.dtype),
+                                                                    train=train)
         out["stem"] = x
         for i, (units, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             name = f"block{i + 1}"
             features = max(1, round(64 * 2**i * width))
             x = ResNetStage(features, units, 1 if i == 0 else 2, self.bottleneck,
-                            self.zero_init_residual, self.dtype, name=name)(x, train=train)
+                            self.zero_init_residual, self.dtype, self.conv_impl,
+                            name=name)(x, train=train)
             out[name] = x
         logits = pooled_head(x, out, num_classes=self.num_classes, dtype=self.dtype)
         return logits, out
@@ -185,9 +197,11 @@ def make_resnet(depth: int):
     stage_sizes, bottleneck = RESNET_SPECS[depth]
 
     def build(num_classes: int, *, widths: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-              zero_init_residual: bool = False, dtype: Any = jnp.float32) -> ResNet:
+              zero_init_residual: bool = False, dtype: Any = jnp.float32,
+              conv_impl: str = "auto") -> ResNet:
         return ResNet(num_classes=num_classes, stage_sizes=stage_sizes, bottleneck=bottleneck,
-                      widths=tuple(widths), zero_init_residual=zero_init_residual, dtype=dtype)
+                      widths=tuple(widths), zero_init_residual=zero_init_residual, dtype=dtype,
+                      conv_impl=conv_impl)
 
     build.__name__ = f"make_resnet{depth}"
     return build

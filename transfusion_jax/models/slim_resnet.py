@@ -52,17 +52,19 @@ def make_slim_resnet(depth: int):
     """A constructor ``(num_classes, **options) -> ResNet`` with a thin top.
 
     The constructor takes ``keep_through`` (default ``"block2"``), ``top_width`` (default
-    0.25), ``zero_init_residual`` and ``dtype``.
+    0.25), ``zero_init_residual``, ``dtype`` and ``conv_impl``.
     """
     stage_sizes, bottleneck = RESNET_SPECS[depth]
 
     def build(num_classes: int, *, keep_through: str = "block2", top_width: float = 0.25,
-              zero_init_residual: bool = False, dtype: Any = jnp.float32) -> ResNet:
+              zero_init_residual: bool = False, dtype: Any = jnp.float32,
+              conv_impl: str = "auto") -> ResNet:
         if not top_width > 0:
             raise ValueError(f"top_width must be positive, got {top_width}")
         return ResNet(num_classes=num_classes, stage_sizes=stage_sizes, bottleneck=bottleneck,
                       widths=_stage_widths(keep_through, top_width),
-                      zero_init_residual=zero_init_residual, dtype=dtype)
+                      zero_init_residual=zero_init_residual, dtype=dtype,
+                      conv_impl=conv_impl)
 
     build.__name__ = f"make_slim_resnet{depth}"
     return build

@@ -31,14 +31,15 @@ from transfusion_jax.similarity.precision import full_precision
 CCA_METHODS = ("cca", "svcca", "pwcca")
 
 
-@partial(jax.jit, static_argnames=("layout", "pairs_key", "method", "keep"))
-def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
+@partial(jax.jit, static_argnames=("layout", "pairs_key", "method", "keep", "convention"))
+def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep, convention):
     pairs = np.asarray(pairs_key, dtype=np.int64).reshape(-1, 2)
-    groups = _center(groups)
+    means = [jnp.mean(g, axis=1) for g in groups]  # (P_g, d_g)
+    groups = _center(groups, rescale=False)  # epsilon is in the activations' units
     n = groups[0].shape[1]
     # Per item, once: covariance and its eigendecomposition.
     covs = [jnp.einsum("pni,pnj->pij", g, g) / (n - 1) for g in groups]
-    eig = [jax.vmap(eigh_lib.eigh_descending)(c) for c in covs]
+    eig = [eigh_lib.eigh_descending_many(c) for c in covs]
     out = jnp.zeros((len(pairs),), groups[0].dtype)
     for (gi, gj), rows in _pair_buckets(pairs, layout).items():
         q = np.asarray([r[0] for r in rows])
@@ -50,7 +51,13 @@ def _cca_pairs(groups, epsilon, rtol, *, layout, pairs_key, method, keep):
             sxy = groups[gi][i].T @ groups[gj][j] / (n - 1)
             (lx, vx), (ly, vy) = (eig[gi][0][i], eig[gi][1][i]), (eig[gj][0][j], eig[gj][1][j])
             if method == "pwcca":
-                return pwcca_lib.pwcca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol).mean
+                moments = None
+                if convention == "released":
+                    moments = pwcca_lib.Moments(covs[gi][i], covs[gj][j],
+                                                means[gi][i], means[gj][j],
+                                                jnp.asarray(n, sxy.dtype))
+                return pwcca_lib.pwcca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol,
+                                                moments).mean
             if method == "cca":
                 return cca_lib.cca_from_eig((lx, vx), (ly, vy), sxy, epsilon, rtol).mean
             return svcca_lib.svcca_from_eig((lx, vx), (ly, vy), sxy, keep, rtol).mean
@@ -68,6 +75,7 @@ def cca_pairs(
     keep: float | int = 0.99,
     epsilon: float = 0.0,
     rtol: float | None = None,
+    convention: str = "released",
 ) -> jax.Array:
     """Mean CCA / SVCCA / PWCCA similarity for chosen item pairs, eigendecompositions shared.
 
@@ -79,6 +87,7 @@ def cca_pairs(
       keep: SVCCA variance fraction or number of directions.
       epsilon: ridge for CCA and PWCCA.
       rtol: relative rank cut; default ``max(d, 100) * eps(dtype)``.
+      convention: PWCCA's ``'released'`` (default) or ``'definition'`` (see `pwcca`).
 
     Returns:
       ``(Q,)`` similarities (the ``mean`` of `cca`, `svcca`, `pwcca`).
@@ -87,6 +96,7 @@ def cca_pairs(
         raise ValueError(f"method must be one of {CCA_METHODS}; got {method!r}.")
     if method == "svcca":
         svcca_lib._check_keep(keep)
+    pwcca_lib.check_convention(convention)
     layout, groups = _prepare(acts, debiased=False)
     pairs = _check_pairs(pairs, layout.num_items)
     dtype = groups[0].dtype
@@ -94,7 +104,8 @@ def cca_pairs(
         rtol = cca_lib.default_rtol(max(layout.widths), dtype)
     key = tuple(map(tuple, pairs.tolist()))
     return _cca_pairs(groups, jnp.asarray(epsilon, dtype), jnp.asarray(rtol, dtype),
-                      layout=layout, pairs_key=key, method=method, keep=keep)
+                      layout=layout, pairs_key=key, method=method, keep=keep,
+                  convention=convention if method == "pwcca" else "")
 
 
 @full_precision

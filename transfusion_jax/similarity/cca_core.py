@@ -17,6 +17,7 @@ correct value of the definition, not a failure.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transfusion_jax.similarity import eigh as eigh_lib
-from transfusion_jax.similarity import validation
+from transfusion_jax.similarity import interop, validation
 from transfusion_jax.similarity.precision import full_precision
 
 
@@ -198,23 +199,59 @@ def cca_from_cov(
     return cca_from_eig(eig_x, eig_y, sxy, epsilon, rtol)
 
 
-_covariances = jax.jit(covariances, static_argnames=("normalize",))
+class PairMoments(NamedTuple):
+    """What the CCA family's front end (`pair_moments`) gives every estimator.
 
-
-def covariances_and_eigh(
-    x: jax.Array, y: jax.Array, *, normalize: bool = True
-) -> tuple[eigh_lib.Eig, eigh_lib.Eig, jax.Array]:
-    """`covariances` of concrete ``x (n, dx)``, ``y (n, dy)`` and their eigendecompositions.
-
-    The two decompositions go through `eigh.eigh_upper_many` (side by side on a multi-core
-    CPU). `covariances` is exactly symmetric, so no symmetrising pass is needed.
-
-    Returns:
-      Ascending ``eig_x``, ``eig_y`` of ``S_xx``, ``S_yy`` and ``S_xy (dx, dy)``.
+    Attributes:
+      eig_x, eig_y: ascending ``(lam, vec)`` of ``S_xx``, ``S_yy``.
+      sxx, syy, sxy: covariance blocks (over ``n - 1``, or unnormalised).
+      mean_x, mean_y: ``(dx,)``, ``(dy,)`` means (None unless asked for).
+      n: number of examples, in the compute dtype.
+      rtol: the rank cut in the compute dtype.
+      concrete: whether the inputs were concrete (not traced).
     """
-    sxx, syy, sxy = _covariances(x, y, normalize=normalize)
+
+    eig_x: eigh_lib.Eig
+    eig_y: eigh_lib.Eig
+    sxx: jax.Array
+    syy: jax.Array
+    sxy: jax.Array
+    mean_x: jax.Array | None
+    mean_y: jax.Array | None
+    n: jax.Array
+    rtol: jax.Array
+    concrete: bool
+
+
+@partial(jax.jit, static_argnames=("normalize", "means"))
+def _moments(x, y, *, normalize: bool, means: bool):
+    blocks = covariances(x, y, normalize=normalize)
+    if not means:
+        return (*blocks, None, None)
+    return (*blocks, jnp.mean(x, axis=0), jnp.mean(y, axis=0))
+
+
+def pair_moments(x, y, rtol: float | None = None, *, normalize: bool = True,
+                 means: bool = False) -> PairMoments:
+    """The front end of `cca`, `svcca` and `pwcca`, written once: `prepare_pair` (checks,
+    common dtype, rank cut), the covariance blocks (and means) in one jitted call, and both
+    covariances' ascending eigendecompositions through `eigh.eigh_upper_many` (side by side
+    on host threads for concrete CPU arrays, in graph for tracers, one matrix per call on
+    CPU).
+    `covariances` is exactly symmetric, so no symmetrising pass is needed.
+
+    Args:
+      x: ``(n, dx)``, y: ``(n, dy)`` representations.
+      rtol: relative rank cut (default `default_rtol`).
+      normalize: divide the blocks by ``n - 1`` (False for scale-free callers).
+      means: also the features' means (PWCCA's released convention).
+    """
+    x, y, rtol = prepare_pair(x, y, rtol)
+    concrete = validation.is_concrete(x, y)
+    sxx, syy, sxy, mean_x, mean_y = _moments(x, y, normalize=normalize, means=means)
     eig_x, eig_y = eigh_lib.eigh_upper_many([sxx, syy], symmetrize=False)
-    return eig_x, eig_y, sxy
+    return PairMoments(eig_x, eig_y, sxx, syy, sxy, mean_x, mean_y,
+                       jnp.asarray(x.shape[0], x.dtype), rtol, concrete)
 
 
 @jax.jit
@@ -227,11 +264,12 @@ def prepare_pair(
     x, y, rtol: float | None = None, *, min_examples: int = 2
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Host checks, conversion to a common float dtype, and the rank cut in that dtype
-    (`default_rtol` when None): the front end shared by the CCA family.
+    (`default_rtol` when None).
 
     Returns:
       ``x (n, dx)``, ``y (n, dy)`` and ``rtol ()``.
     """
+    x, y = interop.accept_all(x, y)
     validation.check_pair(x, y, min_examples=min_examples, reason="a covariance needs n >= 2")
     dtype = validation.compute_dtype(x, y)
     x, y = validation.as_float(x, dtype), validation.as_float(y, dtype)
@@ -259,8 +297,5 @@ def cca(
     Returns:
       `CCAResult` (``rhos``, ``mean``, ``count``).
     """
-    x, y, rtol = prepare_pair(x, y, rtol)
-    epsilon = jnp.asarray(epsilon, x.dtype)
-    if not validation.is_concrete(x, y):
-        return cca_from_cov(*covariances(x, y), epsilon, rtol)
-    return _cca_ascending(*covariances_and_eigh(x, y), epsilon, rtol)
+    m = pair_moments(x, y, rtol)
+    return _cca_ascending(m.eig_x, m.eig_y, m.sxy, jnp.asarray(epsilon, m.sxy.dtype), m.rtol)

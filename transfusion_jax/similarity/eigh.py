@@ -1,8 +1,14 @@
 """Symmetric eigendecompositions for the CCA family, in graph and side by side on CPU.
 
 In graph, `eigh_upper` reads the upper triangle (row-major arrays being the transpose of what
-LAPACK sees, this is ~10% faster on CPU than the lower one at ``d = 2048``) and
-`eigh_upper_pair` decomposes two equal-shape matrices in one batched call.
+LAPACK sees, this is ~10% faster on CPU than the lower one at ``d = 2048``);
+`eigh_upper_pair` and `eigh_descending_many` decompose several matrices in one batched call
+on GPU/TPU, and one matrix per call on CPU. jaxlib's CPU LAPACK kernels (0.10) split a
+batched call into tasks on XLA's intra-op thread pool and block until they finish, so a
+program holding as many independent batched decompositions as the pool has threads (two on
+a 2-core machine) can deadlock, every thread waiting for tasks no thread is left to run
+(reproduced here: one jitted program with 8 batched pairs of 200-312 wide covariances hung
+on 2 cores; the same decompositions one matrix per call did not).
 
 On CPU, XLA runs ``eigh`` as a LAPACK call (``syevd``) threaded by OpenBLAS. Its first stage,
 the reduction to tridiagonal form, is bound by memory bandwidth, so a second BLAS thread helps
@@ -47,9 +53,10 @@ def eigh_upper(a: jax.Array, *, symmetrize: bool = True) -> Eig:
 def eigh_upper_pair(a: jax.Array, b: jax.Array, *, symmetrize: bool = True) -> tuple[Eig, Eig]:
     """`eigh_upper` of two matrices: ``((lam_a, vec_a), (lam_b, vec_b))``, ascending.
 
-    Equal shapes go through one batched LAPACK call (one kernel launch on GPU).
+    Equal shapes go through one batched call (one kernel launch) on GPU/TPU; on CPU each
+    matrix is its own call (see the module docstring: batched CPU calls can deadlock).
     """
-    if a.shape != b.shape:
+    if a.shape != b.shape or _on_cpu():
         return eigh_upper(a, symmetrize=symmetrize), eigh_upper(b, symmetrize=symmetrize)
     lam, vec = eigh_upper(jnp.stack([a, b]), symmetrize=symmetrize)
     return (lam[0], vec[0]), (lam[1], vec[1])
@@ -64,6 +71,22 @@ def descending(eig: Eig) -> Eig:
 def eigh_descending(cov: jax.Array) -> Eig:
     """Eigenvalues ``(d,)`` in descending order and eigenvectors ``(d, d)`` (columns)."""
     return descending(eigh_upper(cov))
+
+
+def eigh_descending_many(covs: jax.Array) -> Eig:
+    """`eigh_descending` of a stack ``(p, d, d)``: ``(lam (p, d), vec (p, d, d))``.
+
+    Batched on GPU/TPU; on CPU a `jax.lax.map` loop of single-matrix calls (see the module
+    docstring: batched CPU calls can deadlock).
+    """
+    if _on_cpu():
+        return jax.lax.map(eigh_descending, covs)
+    return jax.vmap(eigh_descending)(covs)
+
+
+def _on_cpu() -> bool:
+    """Whether the computation being traced runs on CPU (the default backend)."""
+    return jax.default_backend() == "cpu"
 
 
 def eigh_descending_pair(sxx: jax.Array, syy: jax.Array) -> tuple[Eig, Eig]:

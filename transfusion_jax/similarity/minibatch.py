@@ -11,6 +11,11 @@ fixed ``sigma`` when given.
 
 Every pair of the ``P = C * L`` items is accumulated at once: per minibatch, each item's Gram
 matrix is U-centered and one ``(P, b^2) x (b^2, P)`` product gives all ``P^2`` HSICs.
+
+Scale: for the linear kernel each item is multiplied by an exact power of two fixed on the
+first minibatch (the same for every later one, so the average of HSICs is unchanged up to a
+constant per item, which cancels in CKA), keeping its fourth-power moments inside the float
+range. RBF kernels lie in ``[0, 1]`` whatever the scale.
 """
 
 from __future__ import annotations
@@ -24,24 +29,34 @@ import numpy as np
 
 from transfusion_jax.similarity import cka as cka_lib
 from transfusion_jax.similarity import compensated as comp
+from transfusion_jax.similarity import interop, validation
 from transfusion_jax.similarity import layout as layout_lib
-from transfusion_jax.similarity import validation
+from transfusion_jax.similarity import scale as scale_lib
 from transfusion_jax.similarity.precision import full_precision
 
 KERNELS = ("linear", "rbf")
 
 
 class MinibatchStats(NamedTuple):
-    """Sum over minibatches of ``HSIC_1`` for every item pair, and the number of batches."""
+    """Sum over minibatches of ``HSIC_1`` for every item pair, and the number of batches.
 
-    hsic: comp.Compensated  # (P, P)
-    num_batches: jax.Array  # ()
+    Attributes:
+      hsic: compensated ``(P, P)`` sums.
+      num_batches: ``()`` minibatches seen.
+      scale: ``(P,)`` power-of-two factor applied to each item (linear kernel), fixed on
+        the first minibatch; 0 until then.
+    """
+
+    hsic: comp.Compensated
+    num_batches: jax.Array
+    scale: jax.Array
 
 
 def init(layout: layout_lib.ItemLayout, dtype=jnp.float32) -> MinibatchStats:
     """Empty stats for the items of `layout` (see `layout.layout_of`)."""
     p = layout.num_items
-    return MinibatchStats(comp.zeros((p, p), dtype), jnp.zeros((), jnp.int32))
+    return MinibatchStats(comp.zeros((p, p), dtype), jnp.zeros((), jnp.int32),
+                          jnp.zeros((p,), dtype))
 
 
 def _grams(g: jax.Array, kernel: str, sigma_frac, sigma) -> jax.Array:
@@ -60,15 +75,26 @@ def _grams(g: jax.Array, kernel: str, sigma_frac, sigma) -> jax.Array:
 @partial(jax.jit, static_argnames=("layout", "kernel", "fixed_sigma"), donate_argnums=(0,))
 def _update(stats, groups, sigma_frac, sigma, *, layout, kernel, fixed_sigma):
     b = groups[0].shape[1]
-    flat = []
+    order = layout.item_order()  # global item of each row of the concatenated groups
+    scale = stats.scale
+    if kernel == "linear":
+        first = jnp.concatenate([
+            scale_lib.factor(scale_lib.max_abs(g - jnp.mean(g, axis=1, keepdims=True), (1, 2)),
+                             g.dtype) for g in groups])
+        scale = jnp.where(stats.num_batches == 0, jnp.zeros_like(scale).at[order].set(first),
+                          scale)
+    flat, start = [], 0
     for g in groups:
+        if kernel == "linear":
+            g = g * scale[order[start:start + g.shape[0]]][:, None, None]
+        start += g.shape[0]
         grams = _grams(g, kernel, sigma_frac, sigma if fixed_sigma else None)
         u = jax.vmap(partial(cka_lib.center_gram, unbiased=True))(grams)
         flat.append(u.reshape(g.shape[0], -1))
-    inverse = np.argsort(layout.item_order())
+    inverse = np.argsort(order)
     z = jnp.concatenate(flat, axis=0)[inverse]
     hsic = (z @ z.T) / (b * (b - 3.0))  # <U(K), U(L)> = n (n-3) HSIC_1
-    return MinibatchStats(comp.add(stats.hsic, hsic), stats.num_batches + 1)
+    return MinibatchStats(comp.add(stats.hsic, hsic), stats.num_batches + 1, scale)
 
 
 @full_precision
@@ -94,6 +120,7 @@ def update(
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
+    batch = interop.accept_tree(batch)
     layout = layout_lib.layout_of(batch)
     if layout_lib.num_examples(batch) < 4:
         raise validation.SimilarityInputError(
@@ -101,10 +128,13 @@ def update(
             "(Song et al. 2012) needs at least 4 (it divides by n-3)."
         )
     for leaf in jax.tree.leaves(batch):
-        if validation.is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
+        if validation.is_concrete(leaf) and not validation.all_finite(leaf):
             raise validation.SimilarityInputError(
                 "a minibatch contains NaN or inf activations; similarity is undefined."
             )
+    if stats.scale.shape != (layout.num_items,):
+        raise ValueError(f"the minibatch has {layout.num_items} items; these stats hold "
+                         f"{stats.scale.shape[0]}.")
     dtype = stats.hsic.hi.dtype
     groups = layout_lib.to_groups(batch, layout, dtype)
     fixed = sigma is not None
@@ -119,4 +149,4 @@ def cka(stats: MinibatchStats) -> jax.Array:
     """``(P, P)`` minibatch CKA (Nguyen et al. 2021, eq. 3); 0 where a self-HSIC is <= 0."""
     h = comp.value(stats.hsic)
     diag = jnp.diagonal(h)
-    return cka_lib._safe_ratio(h, diag[:, None] * diag[None, :])
+    return cka_lib.cka_ratio(h, diag[:, None], diag[None, :])

@@ -16,7 +16,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from transfusion_jax.similarity import validation
+from transfusion_jax.similarity import interop, validation
+from transfusion_jax.similarity import scale as scale_lib
 from transfusion_jax.similarity.precision import full_precision
 
 
@@ -26,15 +27,16 @@ def procrustes_from_cov(
 ) -> jax.Array:
     """Procrustes distance from ``tr S_xx``, ``tr S_yy`` and ``S_xy (dx, dy)`` (any scale)."""
     nuclear = jnp.sum(jnp.linalg.svd(sxy, compute_uv=False))
-    den = jnp.sqrt(sxx_trace * syy_trace)
+    den = jnp.sqrt(sxx_trace) * jnp.sqrt(syy_trace)  # separate roots: the product may overflow
     sq = jnp.maximum(2.0 - 2.0 * nuclear / jnp.where(den > 0, den, 1.0), 0.0)
     return sq if squared else jnp.sqrt(sq)
 
 
 @partial(jax.jit, static_argnames=("squared",))
 def _procrustes(x: jax.Array, y: jax.Array, *, squared: bool) -> jax.Array:
-    xc = x - jnp.mean(x, axis=0, keepdims=True)
-    yc = y - jnp.mean(y, axis=0, keepdims=True)
+    # Exact power-of-two rescaling (the distance normalises both sides anyway).
+    xc = scale_lib.unit(x - jnp.mean(x, axis=0, keepdims=True))
+    yc = scale_lib.unit(y - jnp.mean(y, axis=0, keepdims=True))
     return procrustes_from_cov(jnp.vdot(xc, xc), jnp.vdot(yc, yc), xc.T @ yc, squared=squared)
 
 
@@ -51,6 +53,7 @@ def procrustes_distance(x: jax.Array, y: jax.Array, *, squared: bool = False) ->
       Scalar distance in ``[0, sqrt(2)]`` (``[0, 2]`` squared). Under a transformation (no
       host check) a constant representation is treated as having unit norm, giving ``d^2 = 2``.
     """
+    x, y = interop.accept_all(x, y)
     validation.check_pair(x, y)
     dtype = validation.compute_dtype(x, y)
     x, y = validation.as_float(x, dtype), validation.as_float(y, dtype)

@@ -7,12 +7,22 @@ the values the in-memory functions give on all examples at once:
 * linear CKA (Kornblith et al. 2019), biased, or debiased with the unbiased HSIC of Song et
   al. 2012 evaluated from raw moments (that estimator is invariant to shifting the features,
   so the moments need no centering pass);
-* the covariance blocks ``S_xx, S_yy, S_xy`` for CCA / SVCCA / PWCCA.
+* the covariance blocks ``S_xx, S_yy, S_xy`` and means for CCA / SVCCA / PWCCA
+  (`cca_similarity`). The read-out arithmetic is in `stream_readout`.
 
-Precision: every example is first shifted by a per-feature reference (the first batch's mean),
-so the moments stay near the centered ones, and all sums are compensated (`compensated`), or
-kept in float64 when ``jax_enable_x64`` is on. Memory is ``sum over blocks of d_i d_j`` for the
-requested pairs plus their self blocks (times two for the compensation).
+Precision: every example is first shifted by a per-feature reference (the first batch's mean)
+and multiplied by an exact power of two per item (fixed on the first batch, `scale`), so the
+moments stay near the centered ones and near 1 whatever the activations' scale; all sums are
+compensated (`compensated`), or kept in float64 when ``jax_enable_x64`` is on.
+
+Memory: ``2 x itemsize x (sum over kept blocks of d_i d_j + debiased moments)`` for the
+requested pairs plus their self blocks (`StreamSpec.state_bytes`), and as much again while a
+batch is added. `init` checks it against the available memory first and raises
+`memory.SimilarityMemoryError`, naming the size and what shrinks it, instead of letting the
+process be killed.
+
+Every example may carry a weight (`accumulate`): `resample` uses Poisson weights for bootstrap
+replicates and per-item permutations for null baselines, from the same code.
 
 Usage::
 
@@ -35,13 +45,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from transfusion_jax.similarity import cca_core as cca_lib
-from transfusion_jax.similarity import cka as cka_lib
 from transfusion_jax.similarity import compensated as comp
+from transfusion_jax.similarity import interop, memory, validation
 from transfusion_jax.similarity import layout as layout_lib
 from transfusion_jax.similarity import pwcca_core as pwcca_lib
+from transfusion_jax.similarity import scale as scale_lib
+from transfusion_jax.similarity import stream_readout as readout
 from transfusion_jax.similarity import svcca_core as svcca_lib
-from transfusion_jax.similarity import validation
 from transfusion_jax.similarity.precision import full_precision
+
+# While a batch is added, its products for every block and the compensated sums' temporaries
+# exist beside the state: the process grew by 2.2-2.4x the state size on CPU (d = 4,096-6,144).
+UPDATE_PEAK_FACTOR = 2.5
+
+REMEDIES = (
+    "Shrink it: reduce conv maps with reduction='mean_pool' (or 'flatten_positions': d = "
+    "channels instead of h*w*channels for 'flatten_all'); compare fewer layers or pairs "
+    "(pairs=...); or use a Gram-form estimator, whose memory does not grow with d_i*d_j: "
+    "similarity.minibatch (linear or RBF CKA, (C*L)^2 numbers) or, with the activations in "
+    "memory, linear_cka_matrix(acts, form='gram').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +112,47 @@ class StreamSpec:
     def block_index(self) -> dict:
         return {b: k for k, b in enumerate(self.blocks)}
 
+    def state_numbers(self) -> tuple[int, int]:
+        """``(sum over blocks of d_i d_j, everything else)``: numbers in one accumulator set
+        (each summed twice: compensated)."""
+        widths = [self.layout.item_width(i) for i in range(self.layout.num_items)]
+        blocks = sum(widths[i] * widths[j] for i, j in self.blocks)
+        p, features = len(widths), sum(widths)
+        other = 3 * features + p + 4  # shift, total (x2), scale, counters
+        if self.debiased:
+            other += 2 * (p * p + p + p * features)  # row_dot, row_sum, row_feat
+        return blocks, other
+
+    def state_bytes(self, dtype=jnp.float32, replicates: int = 1) -> int:
+        """Bytes of `replicates` accumulator sets in `dtype` (see the module docstring)."""
+        blocks, other = self.state_numbers()
+        return int(replicates * jnp.dtype(dtype).itemsize * (2 * blocks + other))
+
+    def check_memory(self, dtype=jnp.float32, replicates: int = 1, *,
+                     limit: int | None = None, what: str = "streaming similarity") -> None:
+        """Raises `memory.SimilarityMemoryError` when the state would not fit (see `init`)."""
+        blocks, other = self.state_numbers()
+        itemsize = jnp.dtype(dtype).itemsize
+        needed = int(UPDATE_PEAK_FACTOR * self.state_bytes(dtype, replicates))
+        widths = sorted(set(self.layout.widths), reverse=True)[:3]
+        formula = (f"state {memory.gib(self.state_bytes(dtype, replicates))} = {replicates} "
+                   f"replicate(s) x {itemsize} bytes x (2 x {blocks:,}, the sum over the "
+                   f"{len(self.blocks)} kept blocks of d_i*d_j, compensated, + {other:,} other "
+                   f"moments), and {UPDATE_PEAK_FACTOR:g}x that while a batch is added; widest "
+                   "layers d = " + ", ".join(f"{w:,}" for w in widths))
+        memory.check_fits(needed, what=what, formula=formula, remedies=REMEDIES, limit=limit)
+
 
 class StreamStats(NamedTuple):
-    """Accumulated moments (a pytree). Items are shifted by `shift` before accumulation.
+    """Accumulated moments (a pytree). Items are shifted by `shift` and multiplied by `scale`
+    before accumulation; every sum is weighted by the examples' weights (1 by default).
 
     Attributes:
-      count: number of examples seen.
+      count: number of examples (rows) seen.
+      weight: compensated sum of the examples' weights: the ``n`` of every formula.
+      batches: number of batches added (keys the resampling of `resample`).
       shift: per group ``(P_g, d_g)``.
+      scale: per group ``(P_g,)`` powers of two.
       total: per group, compensated ``(P_g, d_g)`` sums of shifted features.
       cross: per bucket of `StreamSpec.buckets`, compensated ``(Q_b, d_i, d_j)`` products.
       row_dot: compensated ``(P, P)`` ``sum_r a_ir a_jr`` of squared shifted row norms.
@@ -105,7 +161,10 @@ class StreamStats(NamedTuple):
     """
 
     count: jax.Array
+    weight: comp.Compensated
+    batches: jax.Array
     shift: tuple
+    scale: tuple
     total: tuple
     cross: tuple
     row_dot: comp.Compensated
@@ -113,19 +172,37 @@ class StreamStats(NamedTuple):
     row_feat: tuple
 
 
-def init(spec: StreamSpec, first_batch: layout_lib.Activations) -> StreamStats:
-    """Empty stats whose shift is the mean of `first_batch` (which must still be added)."""
+def reference(spec: StreamSpec, first_batch: layout_lib.Activations) -> tuple[tuple, tuple]:
+    """Per group, the shift (mean of `first_batch`) and the power-of-two scale of each item.
+
+    The scale brings the item's largest shifted magnitude in the first batch (its largest
+    magnitude, for a one-example batch) into ``[0.5, 1)``.
+    """
+    first_batch = interop.accept_tree(first_batch)
     dtype = validation.compute_dtype(*jax.tree.leaves(first_batch))
     groups = layout_lib.to_groups(first_batch, spec.layout, dtype)
     shift = tuple(jnp.mean(g, axis=1) for g in groups)
+    scale = []
+    for g, s in zip(groups, shift, strict=True):
+        spread = scale_lib.max_abs(g - s[:, None, :], (1, 2))
+        size = scale_lib.max_abs(g, (1, 2))
+        scale.append(scale_lib.factor(jnp.where(spread > 0, spread, size), dtype))
+    return shift, tuple(scale)
+
+
+def empty(spec: StreamSpec, shift: tuple, scale: tuple) -> StreamStats:
+    """Zero stats with the given per-group shift and scale."""
+    dtype = shift[0].dtype
     p = spec.layout.num_items
-    cross = []
-    for (gi, gj), rows in spec.buckets().items():
-        cross.append(comp.zeros((len(rows), groups[gi].shape[2], groups[gj].shape[2]), dtype))
+    cross = [comp.zeros((len(rows), shift[gi].shape[1], shift[gj].shape[1]), dtype)
+             for (gi, gj), rows in spec.buckets().items()]
     nd = 1 if spec.debiased else 0  # keep the pytree small when not debiased
     return StreamStats(
         count=jnp.zeros((), jnp.int32),
-        shift=shift,
+        weight=comp.zeros((), dtype),
+        batches=jnp.zeros((), jnp.int32),
+        shift=tuple(shift),
+        scale=tuple(scale),
         total=tuple(comp.zeros(s.shape, dtype) for s in shift),
         cross=tuple(cross),
         row_dot=comp.zeros((p * nd, p * nd), dtype),
@@ -134,26 +211,83 @@ def init(spec: StreamSpec, first_batch: layout_lib.Activations) -> StreamStats:
     )
 
 
-@partial(jax.jit, static_argnames=("spec",), donate_argnums=(0,))
-def _update(stats: StreamStats, groups, *, spec: StreamSpec) -> StreamStats:
+def init(spec: StreamSpec, first_batch: layout_lib.Activations, *,
+         memory_limit: int | None = None) -> StreamStats:
+    """Empty stats whose shift and scale come from `first_batch` (which must still be added).
+
+    Args:
+      spec: the stream's `StreamSpec`.
+      first_batch: the first batch, ``(C, L, b, d)`` or a list over layers of ``(C, b, d_l)``.
+      memory_limit: bytes the state may use; default: the memory available where JAX
+        allocates (host memory on CPU).
+
+    Raises:
+      memory.SimilarityMemoryError: the state would not fit (the message names its size,
+        formula and the choices that shrink it).
+    """
+    first_batch = interop.accept_tree(first_batch)
+    dtype = validation.compute_dtype(*jax.tree.leaves(first_batch))
+    spec.check_memory(dtype, limit=memory_limit)
+    return empty(spec, *reference(spec, first_batch))
+
+
+def accumulate(stats: StreamStats, groups, weights: jax.Array | None, *,
+               spec: StreamSpec) -> StreamStats:
+    """Adds one batch of grouped items (pure; vmappable over stats and weights).
+
+    Args:
+      stats: current stats.
+      groups: per group ``(P_g, b, d_g)`` (see `layout.to_groups`).
+      weights: ``(b,)`` example weights, or None for 1.
+      spec: the stream's spec.
+    """
     dtype = stats.shift[0].dtype
-    gs = [g.astype(dtype) - s[:, None, :] for g, s in zip(groups, stats.shift, strict=True)]
-    total = tuple(comp.add(t, jnp.sum(g, axis=1)) for t, g in zip(stats.total, gs, strict=True))
+    gs = [(g.astype(dtype) - s[:, None, :]) * f[:, None, None]
+          for g, s, f in zip(groups, stats.shift, stats.scale, strict=True)]
+    gw = gs if weights is None else [g * weights.astype(dtype)[None, :, None] for g in gs]
+    total = tuple(comp.add(t, jnp.sum(g, axis=1)) for t, g in zip(stats.total, gw, strict=True))
     cross = []
     for acc, ((gi, gj), rows) in zip(stats.cross, spec.buckets().items(), strict=True):
         li = np.asarray([r[1] for r in rows])
         lj = np.asarray([r[2] for r in rows])
-        cross.append(comp.add(acc, jnp.einsum("qbi,qbj->qij", gs[gi][li], gs[gj][lj])))
+        cross.append(comp.add(acc, jnp.einsum("qbi,qbj->qij", gw[gi][li], gs[gj][lj])))
     row_dot, row_sum, row_feat = stats.row_dot, stats.row_sum, stats.row_feat
     if spec.debiased:
         inverse = np.argsort(spec.layout.item_order())
         a = jnp.concatenate([jnp.sum(g * g, axis=2) for g in gs], axis=0)[inverse]  # (P, b)
-        row_dot = comp.add(row_dot, a @ a.T)
-        row_sum = comp.add(row_sum, jnp.sum(a, axis=1))
-        row_feat = tuple(comp.add(f, jnp.einsum("pb,qbd->pqd", a, g))
+        aw = a if weights is None else a * weights.astype(dtype)[None, :]
+        row_dot = comp.add(row_dot, aw @ a.T)
+        row_sum = comp.add(row_sum, jnp.sum(aw, axis=1))
+        row_feat = tuple(comp.add(f, jnp.einsum("pb,qbd->pqd", aw, g))
                          for f, g in zip(row_feat, gs, strict=True))
-    count = stats.count + gs[0].shape[1]
-    return StreamStats(count, stats.shift, total, tuple(cross), row_dot, row_sum, row_feat)
+    b = gs[0].shape[1]
+    added = jnp.asarray(b, dtype) if weights is None else jnp.sum(weights.astype(dtype))
+    return StreamStats(stats.count + b, comp.add(stats.weight, added), stats.batches + 1,
+                       stats.shift, stats.scale, total, tuple(cross), row_dot, row_sum,
+                       row_feat)
+
+
+_update = jax.jit(partial(accumulate, weights=None), static_argnames=("spec",),
+                  donate_argnums=(0,))
+
+
+def check_batch(batch, spec: StreamSpec, *, check: bool = True):
+    """The batch as accepted arrays, after checking its layout (and, if `check`, that every
+    value is finite)."""
+    batch = interop.accept_tree(batch)
+    if layout_lib.layout_of(batch) != spec.layout:
+        raise ValueError(
+            f"batch layout {layout_lib.layout_of(batch)} does not match the stream's "
+            f"{spec.layout}."
+        )
+    if check:
+        for leaf in jax.tree.leaves(batch):
+            if validation.is_concrete(leaf) and not validation.all_finite(leaf):
+                raise validation.SimilarityInputError(
+                    "a streamed batch contains NaN or inf activations; the similarity of "
+                    "non-finite activations is undefined."
+                )
+    return batch
 
 
 @full_precision
@@ -166,112 +300,27 @@ def update(
       stats: current stats (donated: do not reuse the old value).
       batch: ``(C, L, b, d)`` or a list over layers of ``(C, b, d_l)``.
       spec: the stream's `StreamSpec`.
-      check: raise on NaN/inf in the batch (one host transfer per batch).
+      check: raise on NaN/inf in the batch (one reduction per array, where it lives).
 
     Returns:
       Updated stats.
     """
-    if layout_lib.layout_of(batch) != spec.layout:
-        raise ValueError(
-            f"batch layout {layout_lib.layout_of(batch)} does not match the stream's "
-            f"{spec.layout}."
-        )
-    if check:
-        for leaf in jax.tree.leaves(batch):
-            if validation.is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
-                raise validation.SimilarityInputError(
-                    "a streamed batch contains NaN or inf activations; the similarity of "
-                    "non-finite activations is undefined."
-                )
+    batch = check_batch(batch, spec, check=check)
     groups = layout_lib.to_groups(batch, spec.layout, stats.shift[0].dtype)
     return _update(stats, groups, spec=spec)
 
 
-def _bucket_rows(spec: StreamSpec) -> list[tuple[np.ndarray, ...]]:
-    """Per bucket of `StreamSpec.buckets`: block indices and both items' group rows and
-    global indices, as arrays ``(ks, li, lj, i, j)`` of shape ``(Q_b,)``."""
-    out = []
-    for rows in spec.buckets().values():
-        ks = np.asarray([r[0] for r in rows])
-        pairs = np.asarray([spec.blocks[k] for k in ks]).reshape(-1, 2)
-        out.append((ks, np.asarray([r[1] for r in rows]), np.asarray([r[2] for r in rows]),
-                    pairs[:, 0], pairs[:, 1]))
-    return out
+# ------------------------------------------------------------------------- read-out
 
 
-def _centered_buckets(stats: StreamStats, spec: StreamSpec) -> list[jax.Array]:
-    """Per bucket: centered cross-products ``X_i^T X_j`` of its blocks, ``(Q_b, d_i, d_j)``.
-
-    Vectorised over the blocks of a bucket, so the program grows with the number of width
-    pairs, not with the number of item pairs.
-    """
-    n = stats.count.astype(stats.shift[0].dtype)
-    means = [comp.value(t) / n for t in stats.total]
-    out = []
-    for acc, (gi, gj), (_, li, lj, _, _) in zip(stats.cross, spec.buckets(), _bucket_rows(spec),
-                                               strict=True):
-        out.append(comp.value(acc) - n * means[gi][li][:, :, None] * means[gj][lj][:, None, :])
-    return out
+_linear_cka = jax.jit(readout.linear_cka_values, static_argnames=("spec", "debiased"))
 
 
-def _centered_blocks(stats: StreamStats, spec: StreamSpec) -> dict:
-    """Per block ``(i, j)``: the centered cross-product ``X_i^T X_j`` over all examples."""
-    out = {}
-    for centered, (ks, *_) in zip(_centered_buckets(stats, spec), _bucket_rows(spec),
-                                  strict=True):
-        for q, k in enumerate(ks):
-            out[spec.blocks[k]] = centered[q]
-    return out
-
-
-def _debiased_hsic_bucket(stats: StreamStats, spec: StreamSpec, groups: tuple[int, int],
-                          acc, rows) -> jax.Array:
-    """``n (n-3) HSIC_1`` (Song et al. 2012) of every block of one bucket, ``(Q_b,)``, from
-    shifted raw moments.
-
-    With ``K~``, ``L~`` the linear Grams with zeroed diagonals, ``a, b`` squared row norms and
-    ``s`` feature sums: ``tr(K~ L~) = ||X^T Y||^2 - <a, b>``, ``1^T K~ 1 = ||s_x||^2 - sum a``
-    and ``1^T K~ L~ 1 = s_x^T X^T Y s_y - <A^T Y, s_y> - <B^T X, s_x> + <a, b>``.
-    """
-    n = stats.count.astype(stats.shift[0].dtype)
-    gi, gj = groups
-    _, li, lj, i, j = rows
-    m = comp.value(acc)  # (Q, d_i, d_j)
-    si, sj = comp.value(stats.total[gi])[li], comp.value(stats.total[gj])[lj]
-    row_dot, row_sum = comp.value(stats.row_dot), comp.value(stats.row_sum)
-    aa = row_dot[i, j]
-    af_ij = comp.value(stats.row_feat[gj])[i, lj]  # sum_r a_ir y_r, (Q, d_j)
-    af_ji = comp.value(stats.row_feat[gi])[j, li]  # sum_r b_r x_r, (Q, d_i)
-    trace = jnp.sum(m * m, axis=(1, 2)) - aa
-    ones_k = jnp.sum(si * si, axis=1) - row_sum[i]
-    ones_l = jnp.sum(sj * sj, axis=1) - row_sum[j]
-    cross = (jnp.einsum("qi,qij,qj->q", si, m, sj) - jnp.sum(af_ij * sj, axis=1)
-             - jnp.sum(af_ji * si, axis=1) + aa)
-    return trace + ones_k * ones_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross
-
-
-@partial(jax.jit, static_argnames=("spec", "debiased"))
-def _linear_cka(stats: StreamStats, *, spec: StreamSpec, debiased: bool):
-    h = jnp.zeros((len(spec.blocks),), stats.shift[0].dtype)
-    buckets = list(spec.buckets())
-    centered = None if debiased else _centered_buckets(stats, spec)
-    for b, rows in enumerate(_bucket_rows(spec)):
-        if debiased:
-            values = _debiased_hsic_bucket(stats, spec, buckets[b], stats.cross[b], rows)
-        else:
-            values = jnp.sum(jnp.square(centered[b]), axis=(1, 2))
-        h = h.at[rows[0]].set(values)
-    index = spec.block_index()
-    xy = h[np.asarray([index[p] for p in spec.pairs])]
-    xx = h[np.asarray([index[(i, i)] for i, _ in spec.pairs])]
-    yy = h[np.asarray([index[(j, j)] for _, j in spec.pairs])]
-    return cka_lib._safe_ratio(xy, xx * yy)
-
-
-def _check_count(stats: StreamStats, minimum: int, what: str) -> None:
-    if validation.is_concrete(stats.count) and int(stats.count) < minimum:
+def check_count(stats: StreamStats, minimum: int, what: str) -> None:
+    if validation.is_concrete(stats.count) and int(np.min(np.asarray(stats.count))) < minimum:
         raise validation.SimilarityInputError(
-            f"the stream has seen {int(stats.count)} examples; {what} needs at least {minimum}."
+            f"the stream has seen {int(np.min(np.asarray(stats.count)))} examples; {what} "
+            f"needs at least {minimum}."
         )
 
 
@@ -284,54 +333,45 @@ def linear_cka(stats: StreamStats, *, spec: StreamSpec, debiased: bool = False) 
     """
     if debiased and not spec.debiased:
         raise ValueError("this stream was created with debiased=False; recreate its spec.")
-    _check_count(stats, 4 if debiased else 2, "debiased CKA" if debiased else "CKA")
+    check_count(stats, 4 if debiased else 2, "debiased CKA" if debiased else "CKA")
     return _linear_cka(stats, spec=spec, debiased=debiased)
 
 
 def covariance_blocks(stats: StreamStats, *, spec: StreamSpec, pair: int):
-    """``(S_xx, S_yy, S_xy)`` over ``n - 1`` of pair number `pair` of the spec."""
-    _check_count(stats, 2, "a covariance")
-    blocks = _centered_blocks(stats, spec)
+    """``(S_xx, S_yy, S_xy)`` over ``n - 1`` of pair number `pair` of the spec, in the
+    activations' units."""
+    check_count(stats, 2, "a covariance")
+    n = readout.num_examples(stats)
+    blocks = {}
+    for centered, (ks, *_) in zip(readout.centered_buckets(stats, spec, unscale=True),
+                                  readout.bucket_rows(spec), strict=True):
+        for q, k in enumerate(ks):
+            blocks[spec.blocks[k]] = centered[q]
     i, j = spec.pairs[pair]
-    n = stats.count.astype(stats.shift[0].dtype)
     return blocks[(i, i)] / (n - 1), blocks[(j, j)] / (n - 1), blocks[(i, j)] / (n - 1)
 
 
-@partial(jax.jit, static_argnames=("spec", "method", "keep", "only"))
-def _cca_values(stats, epsilon, rtol, *, spec, method, keep, only):
-    """Every pair's mean canonical correlation, looped (`lax.map`) over the pairs of each
-    width pair."""
-    n = stats.count.astype(stats.shift[0].dtype)
-    centered = _centered_buckets(stats, spec)
-    where = {}  # block (i, j) -> (bucket, row)
-    for b, (ks, *_) in enumerate(_bucket_rows(spec)):
-        for q, k in enumerate(ks):
-            where[spec.blocks[k]] = (b, q)
+def cca_options(stats: StreamStats, spec: StreamSpec, method: str, keep, epsilon, rtol,
+                only, convention) -> tuple:
+    """Checked `readout.cca_values` arguments: ``(epsilon, rtol)`` arrays and static kwargs."""
+    if method not in readout.CCA_METHODS:
+        raise ValueError(f"method must be one of {readout.CCA_METHODS}; got {method!r}.")
+    if method == "svcca":
+        svcca_lib._check_keep(keep)
+    pwcca_lib.check_convention(convention)
+    dtype = stats.shift[0].dtype
+    if rtol is None:
+        rtol = cca_lib.default_rtol(max(spec.layout.widths), dtype)
+    only = tuple(range(len(spec.pairs))) if only is None else tuple(int(q) for q in only)
+    if any(not 0 <= q < len(spec.pairs) for q in only):
+        raise ValueError(f"only must hold pair numbers in [0, {len(spec.pairs)}); got {only}.")
+    static = dict(spec=spec, method=method, keep=keep, only=only,
+                  convention=convention if method == "pwcca" else "")
+    return jnp.asarray(epsilon, dtype), jnp.asarray(rtol, dtype), static
 
-    def one(sxx, syy, sxy):
-        if method == "cca":
-            return cca_lib.cca_from_cov(sxx, syy, sxy, epsilon, rtol).mean
-        if method == "svcca":
-            return svcca_lib.svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol).mean
-        return pwcca_lib.pwcca_from_cov(sxx, syy, sxy, epsilon, rtol).mean
 
-    def gather(blocks):
-        b = where[blocks[0]][0]
-        return centered[b][np.asarray([where[k][1] for k in blocks])] / (n - 1)
-
-    out = jnp.full((len(spec.pairs),), jnp.nan, stats.shift[0].dtype)
-    by_bucket: dict = {}
-    for q in only:
-        by_bucket.setdefault(where[spec.pairs[q]][0], []).append(q)
-    for qs in by_bucket.values():
-        pairs = [spec.pairs[q] for q in qs]
-        sxx = gather([(i, i) for i, _ in pairs])
-        syy = gather([(j, j) for _, j in pairs])
-        sxy = gather(pairs)
-        # lax.map, not vmap: one compiled body looped over the pairs (a batched eigh of
-        # many small matrices was far slower here, and unrolling grows the program).
-        out = out.at[np.asarray(qs)].set(jax.lax.map(lambda a: one(*a), (sxx, syy, sxy)))
-    return out
+_cca_values = jax.jit(readout.cca_values,
+                      static_argnames=("spec", "method", "keep", "only", "convention"))
 
 
 @full_precision
@@ -344,18 +384,25 @@ def cca_similarity(
     epsilon: float = 0.0,
     rtol: float | None = None,
     only: Sequence[int] | None = None,
+    convention: str = "released",
 ) -> jax.Array:
     """Full-data ``'cca'`` / ``'svcca'`` / ``'pwcca'`` mean similarity of every pair: ``(Q,)``.
 
-    ``only`` restricts the work to those pair numbers of the spec (the others are NaN):
-    CCA-family similarities cost an eigendecomposition per pair, CKA only a sum.
+    Args:
+      stats: the stream's stats.
+      spec: its spec.
+      method: ``'cca'`` (mean canonical correlation), ``'svcca'`` or ``'pwcca'``.
+      keep: SVCCA variance fraction or number of directions.
+      epsilon: ridge for CCA and PWCCA (as in `cca_core.cca`, `pwcca_core.pwcca`).
+      rtol: relative rank cut; default ``max(d, 100) * eps(dtype)``.
+      only: restricts the work to those pair numbers of the spec (the others are NaN):
+        CCA-family similarities cost an eigendecomposition per pair, CKA only a sum.
+      convention: PWCCA's ``'released'`` (default) or ``'definition'`` (see `pwcca`).
+
+    Returns:
+      ``(Q,)`` similarities, equal to the in-memory functions' on all examples.
     """
-    if method not in ("cca", "svcca", "pwcca"):
-        raise ValueError(f"method must be 'cca', 'svcca' or 'pwcca'; got {method!r}.")
-    _check_count(stats, 2, "a covariance")
-    dtype = stats.shift[0].dtype
-    if rtol is None:
-        rtol = cca_lib.default_rtol(max(spec.layout.widths), dtype)
-    return _cca_values(stats, jnp.asarray(epsilon, dtype), jnp.asarray(rtol, dtype), spec=spec,
-                       method=method, keep=keep,
-                       only=tuple(range(len(spec.pairs))) if only is None else tuple(only))
+    check_count(stats, 2, "a covariance")
+    epsilon, rtol, static = cca_options(stats, spec, method, keep, epsilon, rtol, only,
+                                        convention)
+    return _cca_values(stats, epsilon, rtol, **static)

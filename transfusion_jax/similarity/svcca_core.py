@@ -23,7 +23,6 @@ import numpy as np
 
 from transfusion_jax.similarity import cca_core as cca_lib
 from transfusion_jax.similarity import eigh as eigh_lib
-from transfusion_jax.similarity import validation
 from transfusion_jax.similarity.precision import full_precision
 
 
@@ -130,6 +129,12 @@ def _correlate(lx, vx, ly, vy, sxy, rtol, *, kx: int, ky: int, keep: float | int
     return cca_lib.cca_from_whitened(sxy, wx, wy, mx, my)
 
 
+@partial(jax.jit, static_argnames=("keep",))
+def _svcca_ascending(lx, vx, ly, vy, sxy, rtol, *, keep: float | int) -> cca_lib.CCAResult:
+    return svcca_from_eig(eigh_lib.descending((lx, vx)), eigh_lib.descending((ly, vy)), sxy,
+                          keep, rtol)
+
+
 def _bucket(k: int, d: int, step: int = 64) -> int:
     return int(min(d, -(-max(k, 1) // step) * step))
 
@@ -156,17 +161,17 @@ def svcca(
       the kept directions are 0.
     """
     _check_keep(keep)
-    x, y, rtol = cca_lib.prepare_pair(x, y, rtol)
-    if not validation.is_concrete(x, y):
-        sxx, syy, sxy = cca_lib.covariances(x, y)
-        return svcca_from_cov(sxx, syy, sxy, keep=keep, rtol=rtol)
     # Unnormalised Grams: the keep fraction and rank cut are relative and the whitened
     # cross product is scale-free, so dividing by n - 1 would only cost three passes.
-    (lx, vx), (ly, vy), sxy = cca_lib.covariances_and_eigh(x, y, normalize=False)
+    m = cca_lib.pair_moments(x, y, rtol, normalize=False)
+    (lx, vx), (ly, vy), sxy = m.eig_x, m.eig_y, m.sxy
+    dx, dy = sxy.shape
+    if not m.concrete:  # kept sizes unknown while tracing: full size, masked
+        return _svcca_ascending(lx, vx, ly, vy, sxy, m.rtol, keep=keep)
     kx = int(jnp.sum(keep_mask(lx[::-1], keep)))
     ky = int(jnp.sum(keep_mask(ly[::-1], keep)))
-    res = _correlate(lx, vx, ly, vy, sxy, rtol, kx=_bucket(kx, x.shape[1]),
-                     ky=_bucket(ky, y.shape[1]), keep=keep)
+    res = _correlate(lx, vx, ly, vy, sxy, m.rtol, kx=_bucket(kx, dx), ky=_bucket(ky, dy),
+                     keep=keep)
     # Pad back to the documented min(dx, dy) slots.
-    pad = min(x.shape[1], y.shape[1]) - res.rhos.shape[0]
+    pad = min(dx, dy) - res.rhos.shape[0]
     return res._replace(rhos=jnp.pad(res.rhos, (0, pad)))

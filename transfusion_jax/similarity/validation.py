@@ -80,6 +80,23 @@ def _device_extremes(values: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.isfinite(jnp.sum(values)), jnp.all(hi == lo, axis=-1)
 
 
+def all_finite(values: Any) -> bool:
+    """Whether every value is finite, checked where the values live.
+
+    A `jax.Array` is checked on its own device (a sum, as in `_extremes`; every value only
+    when the sum is not finite), so only a scalar comes back to the host; anything else is
+    checked with NumPy.
+    """
+    if isinstance(values, jax.Array):
+        return bool(_sum_is_finite(values)) or bool(jnp.all(jnp.isfinite(values)))
+    return bool(np.all(np.isfinite(np.asarray(values))))
+
+
+@jax.jit
+def _sum_is_finite(values: jax.Array) -> jax.Array:
+    return jnp.isfinite(jnp.sum(values))
+
+
 def _raise_non_finite(name: str, values: Any) -> None:
     """Raises, with the count of NaN/inf values (only ever called once one is known)."""
     values = np.asarray(values)
@@ -116,8 +133,8 @@ def check_representation(
     shape = np.shape(x)
     if len(shape) != 2:
         hint = (
-            " Reduce conv maps (n, h, w, c) first with similarity.reduce_conv(x, "
-            "'flatten_positions' | 'mean_pool' | 'flatten_all')."
+            " Reduce conv maps first with similarity.reduce_conv(x, 'flatten_positions' | "
+            "'mean_pool' | 'flatten_all', layout='NHWC' | 'NCHW')."
             if len(shape) == 4
             else ""
         )

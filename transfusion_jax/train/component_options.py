@@ -27,7 +27,7 @@ import ml_collections
 from transfusion_jax.config import ConfigError
 
 # Constructor / strategy arguments that the trainer passes itself, not options.
-_NOT_OPTIONS = {"model": ("num_classes", "dtype"),
+_NOT_OPTIONS = {"model": ("num_classes", "dtype", "conv_impl"),
                 "init": ("rng", "template", "source", "blocks")}
 _FLAG = re.compile(r"^--?config\.(model|init)\.options\.([\w.]+)(?:=(.*))?$", re.DOTALL)
 _REQUIRED = object()  # marks an option without a default

@@ -20,6 +20,7 @@ from transfusion_jax.init import (
     parse_init_config,
 )
 from transfusion_jax.models import DTYPES, MODELS, model_from_config
+from transfusion_jax.models.conv import CONV_IMPLS
 from transfusion_jax.train.component_options import check_options
 from transfusion_jax.train.evaluators import validate_evals
 from transfusion_jax.train.losses import LOSSES, resolve_loss
@@ -32,6 +33,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Checks every name and number the trainer reads; raises `ConfigError` naming the fix."""
     check_choice("model.name", config.model.name, MODELS)
     check_choice("model.dtype", config.model.dtype, DTYPES)
+    check_choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
     for name, _ in parse_init_config(config.init.name, dict(config.init.options)):
         check_choice("init.name", name, INITIALIZERS)
     check_choice("train.optimizer.name", config.train.optimizer.name, OPTIMIZERS)

@@ -110,7 +110,7 @@ def merge_params(template: Mapping[str, Any], loaded: Mapping[str, Any], *,
 def _message(missing: list[str], unexpected: list[str], wrong: list[str],
              abstract_kept: list[str]) -> str:
     total = len(missing) + len(unexpected) + len(wrong) + len(abstract_kept)
-    lines = [f"weights do not match the model ({total} problems):"]
+    lines = [f"weights do not match the model ({total} problem{'s' if total != 1 else ''}):"]
     for title, items in (("missing (in the model, not in the file)", missing),
                          ("unexpected (in the file, not in the model)", unexpected),
                          ("wrong shape", wrong),

@@ -8,6 +8,10 @@ evaluators, each ``{"type": ..., "every_steps": ..., <options>}``::
                                   "examples": 512}
     c.evals.weight_change = {"type": "weight_change", "every_steps": 25}
 
+An entry made with `evaluator` holds every option of its type, so each one can then be set
+on the command line (``--config.evals.similarity_to_init.svcca=True``); a flag cannot add
+a key the config file did not write.
+
 Types (`EVALUATORS`, each a module with its ``OPTIONS`` and ``build``):
 
 - ``classification``: loss, accuracy, ROC-AUC, mAP over a split;
@@ -109,4 +113,23 @@ def build_group_evaluators(config: ml_collections.ConfigDict,
 
 
 __all__ = ["EVALUATORS", "MAIN", "EvalContext", "Evaluator", "GroupEvaluator",
-           "build_evaluators", "build_group_evaluators", "validate_evals"]
+           "build_evaluators", "build_group_evaluators", "evaluator", "validate_evals"]
+
+
+def evaluator(type_: str, **options: Any) -> dict[str, Any]:
+    """One entry of ``config.evals``: ``{"type": type_, ...}`` with every option of the type,
+    each at its default unless given, so that a flag can override any of them.
+
+    Args:
+      type_: a key of `EVALUATORS`.
+      **options: options of that type (``every_steps`` included).
+
+    Returns:
+      The entry, e.g. ``c.evals.similarity_to_init = evaluator("similarity_to_init",
+      every_steps=25)``.
+
+    Raises:
+      ConfigError: an unknown type or option (the message lists the valid ones).
+    """
+    _, full = _options(type_, {"type": type_, **options})
+    return {"type": type_, **full}

@@ -45,7 +45,8 @@ def _representations(model: Any, layers: tuple[str, ...], reduction: str) -> Cal
     (``m = b``, or ``b * h * w`` for ``flatten_positions``): the subset's representations."""
     def chunk(variables, images):
         _, out = model.apply(variables, images, train=False)
-        return tuple(reduce_conv(out[name], reduction).astype(jnp.float32) for name in layers)
+        return tuple(reduce_conv(out[name], reduction, layout="NHWC").astype(jnp.float32)
+                     for name in layers)
 
     def reps(variables, chunks):
         per_chunk = jax.lax.map(lambda images: chunk(variables, images), chunks)
