@@ -45,7 +45,7 @@ def _batches(x, sizes=SIZES):
 
 
 def _reps(out, layers, reduction="mean_pool"):
-    return [np.asarray(sim.reduce_conv(out[name], reduction)) for name in layers]
+    return [np.asarray(sim.reduce_conv(out[name], reduction, layout="NHWC")) for name in layers]
 
 
 @pytest.mark.parametrize("debiased", [False, True])
