@@ -78,6 +78,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # run with -m slow; a minute or more on 2 cores
 def test_two_processes_match_one(data_dir, one_device_run, tmp_path):
     port = free_port()
     procs = [subprocess.Popen(
@@ -140,6 +141,7 @@ def group_sweep(data_dir, tmp_path_factory):
     return sweep_dir
 
 
+@pytest.mark.slow  # run with -m slow; a minute or more on 2 cores
 def test_killed_vectorised_sweep_resumes_equal_to_uninterrupted(data_dir, group_sweep,
                                                                 tmp_path):
     import json
@@ -182,15 +184,23 @@ for tag, seeds, devices in (("one_device", 8, jax.devices()[:1]), ("runs", 8, No
                             ("runs_x_data", 4, None)):
     runs = [(f"seed={s}", smoke_config(data_dir, seed=s), out / tag / f"seed={s}")
             for s in range(seeds)]
+    for _, config, _ in runs:
+        config.model.conv_impl = "xla"  # see the test's docstring
     group = prepare_group(runs, devices)
     print(tag, dict(group.mesh.shape), flush=True)
     assert all(r.error is None for r in train_group(group))
 """
 
 
+@pytest.mark.slow  # run with -m slow; a minute or more on 2 cores
 def test_run_axis_sharded_over_eight_devices_equals_one_device(data_dir, tmp_path):
     """8 runs on 8 devices (``runs`` = 8), and 4 runs on a 4 x 2 ``runs`` x ``data`` mesh,
-    equal the same runs stacked on one device."""
+    equal the same runs stacked on one device.
+
+    The convolutions are XLA's own: the matrix-product form's batched matmuls are blocked
+    differently when the run axis is split over devices, and 12 smoke steps amplify those
+    float32 roundings (1e-4 of the loss at step 4) past what a mesh test should allow. The
+    forms' own agreement is `test_conv`'s."""
     import sys
 
     proc = subprocess.run([sys.executable, "-c", SHARDED_GROUPS, data_dir, str(tmp_path)],

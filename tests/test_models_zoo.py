@@ -6,6 +6,8 @@ cheap NumPy-made variables, since eager ``model.init`` of a deep model is slow o
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,8 +170,9 @@ def test_efficientnet_bn_momentum_sets_how_fast_running_statistics_move():
     means = []
     for momentum in (0.9, 0.5):
         model = MODELS["efficientnet_lite0"](10, bn_momentum=momentum)
-        variables = model.init(jax.random.PRNGKey(1), x)
-        _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)  # jitted: eager is slow
+        _, updated = jax.jit(partial(model.apply, train=True, mutable=["batch_stats"]))(
+            variables, x)
         means.append(np.asarray(updated["batch_stats"]["stem"]["bn"]["mean"]))
     # From a zero running mean: new = (1 - momentum) * batch mean, same batch and weights.
     np.testing.assert_allclose(means[1], 5.0 * means[0], rtol=1e-4, atol=1e-7)
