@@ -47,6 +47,7 @@ def quickstart_config(args: argparse.Namespace, data_dir: str):
     config = load_config(str(ROOT / "configs" / "quickstart.py"))
     config.model.name = args.model
     config.model.options.width = args.width
+    config.model.conv_impl = args.conv_impl
     config.train.batch_size = args.batch
     config.train.steps = args.steps + 1
     config.data.data_dir = data_dir
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--model", default="cbr_tiny")
     parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--conv-impl", default="auto", help="model.conv_impl of every run")
     parser.add_argument("--study", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/grid_throughput.json"))
     args = parser.parse_args()

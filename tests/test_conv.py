@@ -295,3 +295,26 @@ def test_full_size_models_compute_the_same_gradients(name, size):
     got = _outputs_and_gradients(name, "im2col", x, variables, {})
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         _close(g, w, rtol=1e-3)
+
+
+def test_a_model_mapped_over_runs_uses_matrix_products_on_cpu():
+    """Vmapped over per-run kernels, XLA's convolution becomes a grouped convolution, which
+    XLA:CPU runs slowly; `for_stacked_runs` (the vectorised group's model) turns ``auto``
+    into the matmul form there, and keeps an explicit choice."""
+    from tests.conftest import equations
+    from transfusion_jax.models.conv import for_stacked_runs
+
+    model = MODELS["cbr_tiny"](10, width=0.125)
+    x = jnp.zeros((2, 28, 28, 1))
+    one = model.init(jax.random.key(0), x)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a, a]), one)
+
+    def grouped_convs(m):
+        jaxpr = jax.make_jaxpr(jax.vmap(lambda v: m.apply(v, x)[0]))(stacked)
+        return [e for e in equations(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"
+                and e.params["feature_group_count"] > 1]
+
+    assert grouped_convs(model)  # auto keeps XLA's form for CBR-Tiny's first blocks
+    mapped = for_stacked_runs(model)
+    assert mapped.conv_impl == "im2col" and not grouped_convs(mapped)
+    assert for_stacked_runs(model.clone(conv_impl="xla")).conv_impl == "xla"

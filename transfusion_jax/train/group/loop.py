@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from transfusion_jax import parallel
 from transfusion_jax.data import train_dataset
+from transfusion_jax.models import conv as conv_lib
 from transfusion_jax.train.evaluators import MAIN, EvalContext, build_group_evaluators
 from transfusion_jax.train.freeze import frozen_bn_modules
 from transfusion_jax.train.group.member import (
@@ -94,6 +95,9 @@ def prepare_group(runs: Sequence[tuple[str, ml_collections.ConfigDict, str | Pat
         if diff := differences(first.config, other.config):
             raise ValueError(f"runs {first.name} and {other.name} cannot train together: "
                              f"they differ in {', '.join(diff)}")
+    # On CPU, auto convolutions in the matmul form: vmapped, XLA's are grouped (slow).
+    first.setup = dataclasses.replace(first.setup,
+                                      model=conv_lib.for_stacked_runs(first.setup.model))
     config, setup = first.config, first.setup
     abstract = abstract_state(config, setup)
     step = make_group_train_step(setup.model, config.train, setup.loss_name,
