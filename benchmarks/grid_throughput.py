@@ -35,6 +35,7 @@ import numpy as np
 from transfusion_jax import parallel
 from transfusion_jax.config import load_config
 from transfusion_jax.data import train_dataset, train_iterator
+from transfusion_jax.models.conv import for_stacked_runs
 from transfusion_jax.train.group.step import make_group_train_step, schedule_table, stack_trees
 from transfusion_jax.train.metrics import LossAccuracy
 from transfusion_jax.train.setup import build_run, initial_state
@@ -83,7 +84,9 @@ def together(config, num_runs: int, steps: int) -> float:
     """Examples/s of the same runs trained together (warm-up step excluded)."""
     mesh = parallel.grid_mesh(num_runs)
     setup = build_run(config)
-    step_fn = make_group_train_step(setup.model, config.train, setup.loss_name, False, mesh)
+    # As a sweep's group trains: on CPU, auto convolutions in the matmul form.
+    step_fn = make_group_train_step(for_stacked_runs(setup.model), config.train,
+                                    setup.loss_name, False, mesh)
     states, iterators = [], []
     for seed in range(num_runs):
         config.seed = seed

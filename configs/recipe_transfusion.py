@@ -14,13 +14,14 @@ program (``sweep.vectorize``):
 
 - ``quick``: random, pretrained, mean_var; seeds 0-7 (24 runs); 100 steps of 32 images;
   test accuracy every 5 steps; threshold 95%. Budgeted for 10 minutes on 2 CPU cores
-  (below); measured 15 minutes from a fresh clone, so still over budget.
+  (below); measured 8 min 5 s from a fresh clone (2 cores, install excluded).
 - default / ``digits``: random, pretrained, mean_var, transfusion k = 1..3 (blocks 1..k
   pretrained), shuffled (pretrained values permuted per tensor) and gabor (synthetic conv1);
   seeds 0-2; 400 steps, evaluated every 25.
 
-How ``quick`` spends its budget. On 2 CPU cores this model trains at about 425 examples/s
-(XLA's own convolutions), so a 10-minute study holds about 250k training examples,
+How ``quick`` spends its budget. On 2 CPU cores this model trained at about 425 examples/s
+with XLA's own convolutions (about 480 for 8 runs together in the matrix-product form that
+vectorised groups use on CPU), so a 10-minute study holds about 250k training examples,
 evaluation included (a forward pass costs about a third of a training step). Spent: the
 source, 150 steps of 64 digits (9.6k; it reaches ~97% test accuracy); the targets, 24 runs
 x 100 steps x 32 images (77k; batch 32 gives twice the updates of 64 for the same
