@@ -139,7 +139,8 @@ def main() -> None:
     data_dir = str(Path(tempfile.gettempdir()) / "tfj_bench_tfds")
     config = quickstart_config(args, data_dir)
     result = {"devices": [str(d) for d in jax.devices()], "model": args.model,
-              "width": args.width, "batch": args.batch, "steps": args.steps,
+              "width": args.width, "batch": args.batch, "conv_impl": args.conv_impl,
+              "steps": args.steps,
               "load_average_before": os.getloadavg(), "grid": []}
     print(f"{'runs':>5}{'one after another ex/s':>25}{'together ex/s':>16}{'speed-up':>10}")
     for num_runs in args.runs:
