@@ -147,6 +147,10 @@ def test_summaries_and_warnings():
     basic = intervals.summarize(np.array([0.3, 0.5]), reps, confidence=0.5, interval="basic")
     np.testing.assert_allclose([basic.low[0], basic.high[0]], [0.35, 0.45])
     np.testing.assert_allclose(basic.bias[0], -0.1)
+    # A basic interval stays inside the measure's range [0, 1].
+    near_one = resample.Replicates(boot=np.array([[0.90], [0.95], [0.99]]), null=None)
+    clipped = intervals.summarize(np.array([0.98]), near_one, confidence=0.9, interval="basic")
+    assert clipped.high[0] == 1.0 and 0.96 < clipped.low[0] < 0.98
     text = intervals.few_examples_warning("svcca", 64, 64)
     assert "64 examples of 64 features" in text and "fewer than 10" in text
     assert intervals.few_examples_warning("svcca", 640, 64) is None

@@ -66,7 +66,8 @@ def percentile_interval(replicates, confidence: float = 0.95) -> tuple[np.ndarra
 
 
 def summarize(value, replicates, confidence: float = 0.95, *,
-              interval: str = "percentile") -> Summary:
+              interval: str = "percentile",
+              bounds: tuple[float, float] = (0.0, 1.0)) -> Summary:
     """`Summary` of a point value ``(Q,)`` and its `resample.Replicates`.
 
     Args:
@@ -74,7 +75,10 @@ def summarize(value, replicates, confidence: float = 0.95, *,
       replicates: ``boot (B, Q)`` and ``null (K, Q)`` (either may be None).
       confidence: coverage of the interval and of the null band.
       interval: ``'percentile'`` (the replicates' quantiles) or ``'basic'`` (``2 value -``
-        those quantiles: centred on the bias-corrected estimate).
+        those quantiles: centred on the bias-corrected estimate, clipped to ``bounds``).
+      bounds: the measure's range (every similarity of this library lies in ``[0, 1]``): a
+        basic interval can reach past it (SVCCA 0.979 with replicates down to 0.90 gave an
+        upper end of 1.058), so it is clipped there.
     """
     if interval not in INTERVALS:
         raise ValueError(f"interval must be 'percentile' or 'basic'; got {interval!r}.")
@@ -86,7 +90,8 @@ def summarize(value, replicates, confidence: float = 0.95, *,
         with _quiet():
             bias = np.nanmean(np.asarray(replicates.boot, np.float64), axis=0) - value
         if interval == "basic":
-            low, high = 2.0 * value - high, 2.0 * value - low
+            low, high = (np.clip(2.0 * value - high, *bounds),
+                         np.clip(2.0 * value - low, *bounds))
     if replicates.null is None:
         null_low, null_high, null_mean = nan, nan, nan
     else:
