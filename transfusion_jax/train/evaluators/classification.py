@@ -42,6 +42,19 @@ def evaluate(eval_step: Callable, variables: Any, batches: Iterable[dict[str, np
     Returns:
       ``{"loss", "accuracy", "auc", "map", "num_examples"}`` over the real examples.
     """
+    total, logits, labels, masks = _accumulate(eval_step, variables, batches, mesh)
+    return _result(jax.device_get(total.compute()), np.concatenate(logits),
+                   np.concatenate(labels), np.concatenate(masks), multi_label)
+
+
+def _accumulate(eval_step: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]],
+                mesh: Mesh) -> tuple[Any, list, list, list]:
+    """Each batch once through ``eval_step``: the merged metrics and, per batch, the gathered
+    logits, labels and masks (host arrays, concatenated by the caller).
+
+    Raises:
+      ValueError: no batches (an empty eval split).
+    """
     total = None
     logits, labels, masks = [], [], []
     for batch in batches:
@@ -53,8 +66,7 @@ def evaluate(eval_step: Callable, variables: Any, batches: Iterable[dict[str, np
         masks.append(gather(global_batch["mask"]))
     if total is None:
         raise ValueError("the eval split is empty")
-    return _result(jax.device_get(total.compute()), np.concatenate(logits),
-                   np.concatenate(labels), np.concatenate(masks), multi_label)
+    return total, logits, labels, masks
 
 
 def _result(means: dict[str, Any], logits: np.ndarray, labels: np.ndarray, masks: np.ndarray,
@@ -81,17 +93,7 @@ def evaluate_runs(eval_step: Callable, variables: Any,
       accumulation order); a run whose logits are not finite (it failed, and the group
       loop records nothing more of it) gets the means alone.
     """
-    total = None
-    logits, labels, masks = [], [], []
-    for batch in batches:
-        global_batch = parallel.make_global_batch(mesh, batch)
-        metrics, batch_logits = eval_step(variables, global_batch)
-        total = metrics if total is None else total.merge(metrics)
-        logits.append(gather(batch_logits))
-        labels.append(gather(global_batch["label"]))
-        masks.append(gather(global_batch["mask"]))
-    if total is None:
-        raise ValueError("the eval split is empty")
+    total, logits, labels, masks = _accumulate(eval_step, variables, batches, mesh)
     means = jax.device_get(jax.vmap(type(total).compute)(total))  # {metric: (R,)}
     logits_all, labels_all, masks_all = (np.concatenate(logits, axis=1),
                                          np.concatenate(labels), np.concatenate(masks))
