@@ -123,7 +123,7 @@ GROUP_STEPS = 40
 GROUP_OVERRIDES = ("--config.job=sweep", "--config.sweep.seeds=(0,1,2)",
                    "--config.sweep.similarity=False", f"--config.train.steps={GROUP_STEPS}",
                    "--config.checkpoint.every_steps=4", "--config.checkpoint.keep_last=20",
-                   "--config.checkpoint.keep_every=0")
+                   "--config.checkpoint.keep_every=0", "--config.sweep.vectorize=True")
 SEEDS = ("seed=0", "seed=1", "seed=2")
 
 

@@ -99,6 +99,7 @@ def test_unknown_vectorize_value_is_one_error_naming_the_fallback(data_dir, tmp_
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "sweep.vectorize='maybe' is not valid" in errors[0]
     assert "False (one run after another, the fallback)" in errors[0]
+    assert "'auto' (the default: together on GPU/TPU, one after another on CPU)" in errors[0]
     assert "Traceback" not in proc.stderr and not (tmp_path / "sweep").exists()
 
 
@@ -129,7 +130,7 @@ def test_a_model_that_cannot_be_vmapped_names_the_fallback(data_dir, tmp_path, m
         return LoggedCBR(cbr_tiny(num_classes, **options))
 
     monkeypatch.setitem(models.MODELS, "logged_cbr", logged_cbr)
-    config = smoke_sweep(data_dir)
+    config = smoke_sweep(data_dir, vectorize=True)
     config.model.name = "logged_cbr"
     with pytest.raises(ConfigError, match=r"model 'logged_cbr' cannot be trained vectorised "
                                           r"\(jax.vmap of its train step fails: ValueError: "
@@ -137,6 +138,35 @@ def test_a_model_that_cannot_be_vmapped_names_the_fallback(data_dir, tmp_path, m
                                           r"sweep.vectorize=False"):
         run_sweep(config, tmp_path)
     assert not list(tmp_path.iterdir())  # checked before the stage or any run was trained
+
+
+def test_auto_vectorizes_on_accelerators_only_and_falls_back_for_unvmappable_models(
+        data_dir, tmp_path, monkeypatch, caplog):
+    from transfusion_jax import models
+    from transfusion_jax.experiments import sweep
+
+    assert sweep.vectorizes("auto", "gpu") and sweep.vectorizes("auto", "tpu")
+    assert not sweep.vectorizes("auto", "cpu")
+    assert sweep.vectorizes(True, "cpu") and not sweep.vectorizes(False, "gpu")
+    assert load_config(SMOKE).sweep.vectorize == "auto"  # the default
+    config = smoke_sweep(data_dir)
+    runs = expand_grid(config, tmp_path)
+    with caplog.at_level("INFO", logger=sweep.__name__):  # on this CPU: one after another
+        assert sweep._plan(config, runs, tmp_path) == [([r], None) for r in runs]
+    assert f"sweep.vectorize=auto trains the {len(runs)} runs one after another on CPU" \
+        in caplog.text
+    caplog.clear()
+    # As if on a GPU: a model that cannot be mapped over runs falls back instead of failing.
+    monkeypatch.setattr(sweep, "vectorizes", lambda setting, backend=None: True)
+    monkeypatch.setitem(models.MODELS, "logged_cbr", functools.wraps(models.MODELS["cbr_tiny"])(
+        lambda num_classes, **options: LoggedCBR(models.MODELS["cbr_tiny"](num_classes,
+                                                                            **options))))
+    config.model.name = "logged_cbr"
+    runs = expand_grid(config, tmp_path)
+    with caplog.at_level("INFO", logger=sweep.__name__):
+        assert sweep._plan(config, runs, tmp_path) == [([r], None) for r in runs]
+    assert "cannot be trained vectorised" in caplog.text
+    assert not list(tmp_path.iterdir())  # planning writes nothing
 
 
 # -- the same runs, trained together or one after another ------------------------------------

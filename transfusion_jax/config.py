@@ -149,9 +149,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.sweep.stages = ()  # ((name, "configs/x.py:arg"), ...): trained first, in order
     # Train runs that differ only in seed, init and learning-rate schedule together, as one
     # compiled program over a leading run axis (transfusion_jax.train.group); False = one
-    # after another. max_group_size caps how many train together (0 = no cap). Untyped, so
-    # that a wrong value reaches the sweep's own check, whose message names the fallback.
-    c.sweep.vectorize = ml_collections.FieldReference(True, field_type=object)
+    # after another; "auto" = together on GPU/TPU, one after another on CPU (faster there).
+    # max_group_size caps how many train together (0 = no cap). Untyped, so that a wrong
+    # value reaches the sweep's own check, whose message names the fallback.
+    c.sweep.vectorize = ml_collections.FieldReference("auto", field_type=object)
     c.sweep.max_group_size = 0
     c.sweep.num_shards = 1  # spread the runs over hosts: host i runs runs[i::num_shards]
     c.sweep.shard_index = 0

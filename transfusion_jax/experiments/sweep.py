@@ -12,14 +12,16 @@ Layout of the sweep's workdir::
     SWEEP/report.html, report.md
 
 Runs that differ only in seed, init and learning-rate schedule train together as one
-compiled program (``sweep.vectorize``, default True; `transfusion_jax.train.group`, groups
-from `grouping`); a run that shares its settings with no other trains alone, with a log line
-saying why. Re-running the command skips finished runs (their ``sweep_run.json`` says so and
-their config is unchanged) and resumes runs that were cut off from their last checkpoint. A
-run whose loss becomes NaN is recorded as failed and the sweep goes on. With
-``sweep.num_shards = N`` host ``i`` (``sweep.shard_index``) trains ``runs[i::N]``; stages are
-trained by shard 0 and awaited by the others; the last shard to finish writes the report
-(or run ``job = aggregate`` on the sweep's workdir afterwards).
+compiled program (``sweep.vectorize``; `transfusion_jax.train.group`, groups from
+`grouping`); a run that shares its settings with no other trains alone, with a log line saying
+why. The default, ``"auto"``, groups runs on GPUs and TPUs and trains them one after another
+on a CPU, where one run already keeps every core busy and the stacked step is slower than a
+single run's (README, "Runs trained together"). Re-running the command skips finished runs
+(their ``sweep_run.json`` says so and their config is unchanged) and resumes runs that were
+cut off from their last checkpoint. A run whose loss becomes NaN is recorded as failed and
+the sweep goes on. With ``sweep.num_shards = N`` host ``i`` (``sweep.shard_index``) trains
+``runs[i::N]``; stages are trained by shard 0 and awaited by the others; the last shard to
+finish writes the report (or run ``job = aggregate`` on the sweep's workdir afterwards).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from transfusion_jax import parallel
@@ -45,6 +48,7 @@ from transfusion_jax.experiments.grid import (
 from transfusion_jax.experiments.grouping import plan_groups, why_alone
 from transfusion_jax.train.group.loop import PreparedGroup, prepare_group, train_group
 from transfusion_jax.train.group.rules import differences, shared_settings
+from transfusion_jax.train.group.step import UnvmappableModelError
 from transfusion_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -106,7 +110,11 @@ def _plan(config: ml_collections.ConfigDict, runs: list[GridRun],
     """The unfinished runs as groups trained together (checked and built, nothing written)
     or runs trained alone (``None``), in grid order."""
     todo = [r for r in runs if not _finished(r.name, r.config, run_dir(sweep_dir, r))]
-    if not config.sweep.vectorize:
+    if not vectorizes(config.sweep.vectorize):
+        if config.sweep.vectorize == AUTO and len(todo) > 1:
+            log.info("sweep: sweep.vectorize=auto trains the %d runs one after another on %s "
+                     "(groups pay off on GPU/TPU; sweep.vectorize=True groups them here)",
+                     len(todo), jax.default_backend().upper())
         return [([r], None) for r in todo]
     plan = []
     for group in plan_groups(todo, lambda r: shared_settings(r.config),
@@ -117,9 +125,32 @@ def _plan(config: ml_collections.ConfigDict, runs: list[GridRun],
                 lambda r: r.name))
             plan.append((group, None))
             continue
-        plan.append((group, prepare_group([(r.name, r.config, run_dir(sweep_dir, r))
-                                           for r in group])))
+        members = [(r.name, r.config, run_dir(sweep_dir, r)) for r in group]
+        try:
+            plan.append((group, prepare_group(members)))
+        except UnvmappableModelError as e:
+            if config.sweep.vectorize is True:
+                raise
+            log.info("sweep: sweep.vectorize=auto trains %s one after another: %s",
+                     ", ".join(r.name for r in group), e)
+            plan.extend(([r], None) for r in group)
     return plan
+
+
+AUTO = "auto"
+
+
+def vectorizes(setting: bool | str, backend: str | None = None) -> bool:
+    """Whether ``sweep.vectorize`` groups runs on ``backend`` (default: JAX's default).
+
+    ``True``/``False`` as given; ``"auto"`` is True on GPU and TPU and False on CPU. On CPU
+    (2 cores, the default study) 8 stacked runs trained at 483 examples/s against 805 for one
+    run at a time, and the study took 12 min 53 s together against 9 min 28 s one after
+    another on one core (README, "Runs trained together").
+    """
+    if setting == AUTO:
+        return (backend or jax.default_backend()) != "cpu"
+    return bool(setting)
 
 
 def _train_group(runs: list[GridRun], prepared: PreparedGroup,
@@ -167,8 +198,9 @@ def _check_sweep(config: ml_collections.ConfigDict) -> None:
     if not 0 <= s.shard_index < s.num_shards:
         raise ConfigError(f"sweep.shard_index={s.shard_index} must be in [0, "
                           f"{s.num_shards})")
-    if not isinstance(s.vectorize, bool):
-        raise ConfigError(f"sweep.vectorize={s.vectorize!r} is not valid; choose True (runs "
+    if not (isinstance(s.vectorize, bool) or s.vectorize == AUTO):
+        raise ConfigError(f"sweep.vectorize={s.vectorize!r} is not valid; choose 'auto' (the "
+                          "default: together on GPU/TPU, one after another on CPU), True (runs "
                           "that differ only in seed, init and schedule train together) or "
                           "False (one run after another, the fallback)")
     check_positive("sweep.max_group_size", s.max_group_size, allow_zero=True)

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from transfusion_jax import parallel
+from transfusion_jax.config import ConfigError
 from transfusion_jax.train.optim import make_optimizer, make_schedule
 from transfusion_jax.train.step import eval_step_fn, train_step_fn
 
@@ -99,10 +100,15 @@ def stacked_shapes(tree: Any, num_runs: int) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_runs, *x.shape), x.dtype), tree)
 
 
+class UnvmappableModelError(ConfigError):
+    """A model whose train step cannot be mapped over runs (`check_vmappable`)."""
+
+
 def check_vmappable(step: Callable, state: Any, metrics: Any, batch: dict[str, Any],
                     num_runs: int, steps: int, model_name: str) -> None:
-    """Traces ``step`` on shapes alone; raises `ConfigError` if the model cannot be mapped
-    over runs (e.g. an ordered host callback inside it), naming the fallback.
+    """Traces ``step`` on shapes alone; raises `UnvmappableModelError` (a `ConfigError`) if
+    the model cannot be mapped over runs (e.g. an ordered host callback inside it), naming
+    the fallback.
 
     Args:
       step: from `make_group_train_step`.
@@ -112,8 +118,6 @@ def check_vmappable(step: Callable, state: Any, metrics: Any, batch: dict[str, A
       steps: ``train.steps`` (the learning-rate tables hold ``steps + 1`` values).
       model_name: ``config.model.name``, for the message.
     """
-    from transfusion_jax.config import ConfigError
-
     flags = jax.ShapeDtypeStruct((num_runs,), jnp.bool_)
     try:
         jax.eval_shape(step, stacked_shapes(state, num_runs), stacked_shapes(metrics, num_runs),
@@ -121,7 +125,7 @@ def check_vmappable(step: Callable, state: Any, metrics: Any, batch: dict[str, A
                        jax.ShapeDtypeStruct((num_runs, steps + 1), jnp.float32), flags, flags)
     except Exception as e:  # noqa: BLE001 - any tracing failure means "not vmappable"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(
+        raise UnvmappableModelError(
             f"sweep.vectorize=True but model {model_name!r} cannot be trained vectorised "
             f"(jax.vmap of its train step fails: {type(e).__name__}: {reason}); set "
             "sweep.vectorize=False to train the runs one after another") from e
