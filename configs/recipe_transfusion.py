@@ -9,19 +9,22 @@ A sweep (``job = sweep``). First a *source* model is trained (stage ``source``):
 CBR-Tiny on scikit-learn's digits (``quick``, ``digits``) or on Fashion-MNIST (default; the
 Debian ``dataset-fashion-mnist`` package). Then the same architecture is trained on the
 *target* task, MNIST-5k (4,000 training images), from each initialisation, over seeds; the
-runs of a study differ only in init and seed, so they train together as one compiled
-program (``sweep.vectorize``):
+runs of a study differ only in init and seed, so on a GPU or TPU they train together as one
+compiled program (``sweep.vectorize``'s default ``auto``; on a CPU one after another, which is
+faster there):
 
 - ``quick``: random, pretrained, mean_var; seeds 0-7 (24 runs); 100 steps of 32 images;
   test accuracy every 5 steps; threshold 95%. Budgeted for 10 minutes on 2 CPU cores
-  (below); measured 8 min 5 s from a fresh clone (2 cores, install excluded).
+  (below); measured 7 min 44 s from a fresh clone (2 cores, install excluded; 8 min 5 s
+  with ``--config.sweep.vectorize=True``).
 - default / ``digits``: random, pretrained, mean_var, transfusion k = 1..3 (blocks 1..k
   pretrained), shuffled (pretrained values permuted per tensor) and gabor (synthetic conv1);
   seeds 0-2; 400 steps, evaluated every 25.
 
 How ``quick`` spends its budget. On 2 CPU cores this model trained at about 425 examples/s
-with XLA's own convolutions (about 480 for 8 runs together in the matrix-product form that
-vectorised groups use on CPU), so a 10-minute study holds about 250k training examples,
+with XLA's own convolutions when the budget was set (about 800 with ``model.conv_impl``'s
+``auto`` since; 480 for 8 runs together in the matrix-product form that vectorised groups use
+on CPU), so a 10-minute study holds about 250k training examples,
 evaluation included (a forward pass costs about a third of a training step). Spent: the
 source, 150 steps of 64 digits (9.6k; it reaches ~97% test accuracy); the targets, 24 runs
 x 100 steps x 32 images (77k; batch 32 gives twice the updates of 64 for the same
