@@ -146,6 +146,7 @@ def test_sweep_cli_smoke_exits_zero(data_dir, tmp_path):
     assert (tmp_path / "report.html").exists()
 
 
+@pytest.mark.slow  # run with -m slow; a minute on 2 cores
 def test_two_shards_split_the_runs_and_one_report_is_written(data_dir, tmp_path):
     """launch/sweep.sh with two local shards: shard 1 waits for the stage shard 0 trains,
     each trains its own runs, and the last one to finish writes the report."""

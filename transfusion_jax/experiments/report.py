@@ -85,6 +85,11 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
     finished = [(r, d) for r, d in zip(runs, dirs, strict=True)
                 if read_status(d).get("status") == "finished"]
     if s.similarity and finished:
+        sim = config.similarity
+        log.info("sweep report: similarity of %d trained models to their inits and to each "
+                 "other (CKA%s, %d bootstrap and %d null replicates; a minute or two on 2 CPU "
+                 "cores for the quickstart; sweep.similarity=False skips it)", len(finished),
+                 " and SVCCA" if sim.svcca else "", sim.bootstrap, sim.null)
         files.update(group_similarity(
             [r for r, _ in finished], [d for _, d in finished], sweep_dir / "similarity",
             max_examples=config.similarity.max_examples, reduction=config.similarity.reduction,
