@@ -37,6 +37,16 @@ def get_config(arg=None):
     c.sweep.similarity = False
     c.sweep.executor = "local"
     c.sweep.slurm.time = 30
+    if arg == "stage":  # one group reads the stage, the other does not
+        from configs.recipe_transfusion import get_config as recipe
+        from transfusion_jax.experiments.grid import init_variants
+
+        c = recipe("smoke")
+        c.sweep.seeds, c.sweep.similarity, c.sweep.executor = SEEDS, False, "local"
+        c.sweep.slurm.time = 30
+        c.sweep.axes.init = {"scratch_b32": {"init": {"name": "random"},
+                                             "train": {"batch_size": 32}},
+                             **init_variants(["pretrained"])}
     if arg == "long":  # time to preempt a job between two checkpoints
         c.train.steps = STEPS
         c.checkpoint.every_steps, c.checkpoint.keep_every = 20, 0
@@ -229,3 +239,24 @@ def test_a_crashed_job_is_reported_and_a_rerun_resubmits_it(data_dir, tmp_path):
     assert (sweep_dir / "runs" / "batch=b16,seed=0" / "summary.json").stat().st_mtime \
         == summary  # the finished run was skipped
     assert "| failed |" not in (sweep_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_runs_that_read_a_stage_are_submitted_once_it_has_finished(data_dir, tmp_path):
+    """The stage is one job; the group that reads no stage is submitted at once, the group
+    that starts from the stage's weights only after the stage's job has ended."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(sweep_dir, data_dir, config=_config_file(tmp_path, seeds=(0,)) + ":stage")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    stage_ended = first("ended (stages)")
+    assert first("submitted (init=scratch_b32,seed=0)") < first("submitted (stages)")
+    assert first("submitted (init=pretrained,seed=0)") > stage_ended
+    assert read_status(sweep_dir / "stages" / "source")["status"] == "finished"
+    assert _statuses(sweep_dir) == {"init=scratch_b32,seed=0": "finished",
+                                    "init=pretrained,seed=0": "finished"}
+    assert proc.stderr.count("sweep report in") == 1

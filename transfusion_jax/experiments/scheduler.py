@@ -144,8 +144,9 @@ def make_executor(config: ml_collections.ConfigDict, folder: Path) -> submitit.E
 
 
 def _reads_stage(run: GridRun, stage_dirs: list[str]) -> bool:
-    """Whether ``run``'s config names a stage's workdir (an ``@NAME`` reference)."""
-    text = json.dumps(to_dict(run.config))
+    """Whether ``run``'s config names a stage's workdir (an ``@NAME`` reference) outside
+    its ``sweep`` section (which holds every variant of the grid)."""
+    text = json.dumps({k: v for k, v in to_dict(run.config).items() if k != "sweep"})
     return any(json.dumps(d)[1:-1] in text for d in stage_dirs)
 
 
