@@ -154,11 +154,11 @@ def _train_group(runs: list[GridRun], prepared: PreparedGroup,
     for r, result in zip(runs, train_group(prepared), strict=True):
         if result.error is not None:
             write_status(run_dir(sweep_dir, r), status="failed", error=result.error,
-                          **common[r.name])
+                         **common[r.name])
             statuses[r.name] = "failed"
         else:
             write_status(run_dir(sweep_dir, r), status="finished",
-                          seconds=time.perf_counter() - start, **common[r.name])
+                         seconds=time.perf_counter() - start, **common[r.name])
             statuses[r.name] = "finished"
     return statuses
 
