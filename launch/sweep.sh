@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Run a sweep (a config with job = sweep) here, or spread its runs over several hosts.
+# Run a sweep (a config with job = sweep) on this machine, or submit it to a Slurm cluster.
 #
 #   launch/sweep.sh CONFIG SWEEP_DIR [--config.key=value ...]
-#   HOSTS="gpu1 gpu2 gpu3" launch/sweep.sh configs/recipe_transfusion.py /shared/sweeps/t1
+#   launch/sweep.sh configs/recipe_transfusion.py /shared/sweeps/t1 \
+#     --config.sweep.executor=slurm --config.sweep.slurm.partition=gpu
 #
-# Locally: trains every run one after another, skips finished runs, resumes cut-off ones;
-# re-run the same command after an interruption. With HOSTS, host i (of N) trains runs
-# i, i+N, i+2N, ... over ssh, in this repository's path on that host (REMOTE_DIR to change),
-# with its own devices; SWEEP_DIR must be on a filesystem every host sees. Shard 0 trains the
-# sweep's stages first; the others wait for them. The last shard to finish writes the
-# report; `--config.job=aggregate` on the same SWEEP_DIR rewrites it at any time.
-# On one machine with several GPUs, GPUS=4 runs four local shards, one GPU each.
+# Here: trains every run, skips finished runs, resumes cut-off ones; re-run the same command
+# after an interruption. A group of runs that train together is one JAX program over every
+# device of this host (the run axis sharded). GPUS=4 runs four local shards instead, one GPU
+# each: for runs that cannot train together (other models or batch sizes) and fit one GPU.
+# On a cluster (pip install 'transfusion_jax[cluster]', run on the login node, SWEEP_DIR on
+# a filesystem the nodes share): --config.sweep.executor=slurm submits each group of runs as
+# a Slurm job (sweep.slurm.*), requeued on preemption or timeout; the report is written once
+# every job has ended, and running the command again resubmits only what did not finish.
 # PYTHON picks the interpreter (default: python).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-  sed -n '2,14p' "$0"; exit 2
+  sed -n '2,16p' "$0"; exit 2
+fi
+if [[ -n "${HOSTS:-}" ]]; then
+  echo "error: HOSTS (runs split over hosts by ssh) is gone; submit the sweep to the" \
+    "cluster's scheduler instead: --config.sweep.executor=slurm (see the README)" >&2
+  exit 2
 fi
 config=$1; workdir=$2; shift 2
 run() {  # run SHARD NUM_SHARDS PREFIX...
@@ -23,25 +30,15 @@ run() {  # run SHARD NUM_SHARDS PREFIX...
     --config.sweep.shard_index="$shard" --config.sweep.num_shards="$num" "${extra[@]}"
 }
 extra=("$@")
-pids=()
-if [[ -n "${HOSTS:-}" ]]; then
-  read -r -a hosts <<< "$HOSTS"
-  remote=${REMOTE_DIR:-$(pwd)}
-  for i in "${!hosts[@]}"; do
-    ssh "${hosts[$i]}" "cd '$remote' && ${PYTHON:-python} -m transfusion_jax.main --config='$config' \
-      --workdir='$workdir' --config.sweep.shard_index=$i \
-      --config.sweep.num_shards=${#hosts[@]} ${extra[*]}" &
-    pids+=($!)
-  done
-elif [[ -n "${GPUS:-}" ]]; then
-  for ((i = 0; i < GPUS; i++)); do
-    run "$i" "$GPUS" env CUDA_VISIBLE_DEVICES="$i" &
-    pids+=($!)
-  done
-else
+if [[ -z "${GPUS:-}" ]]; then
   run 0 1 env
   exit $?
 fi
+pids=()
+for ((i = 0; i < GPUS; i++)); do
+  run "$i" "$GPUS" env CUDA_VISIBLE_DEVICES="$i" &
+  pids+=($!)
+done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit $status

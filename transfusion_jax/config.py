@@ -154,8 +154,19 @@ def base_config() -> ml_collections.ConfigDict:
     # value reaches the sweep's own check, whose message names the fallback.
     c.sweep.vectorize = ml_collections.FieldReference("auto", field_type=object)
     c.sweep.max_group_size = 0
-    c.sweep.num_shards = 1  # spread the runs over hosts: host i runs runs[i::num_shards]
+    c.sweep.num_shards = 1  # inline only: process i trains runs[i::num_shards] (GPUS=)
     c.sweep.shard_index = 0
+    # Where the runs train: inline (this process) | local (each group of runs a submitit job
+    # on this machine) | slurm (each group a Slurm job; experiments/scheduler.py).
+    c.sweep.executor = "inline"
+    c.sweep.slurm = ml_collections.ConfigDict()  # per job; local reads time, gpus_per_node
+    c.sweep.slurm.partition = ""  # "" = the cluster's default
+    c.sweep.slurm.time = 240  # minutes; a job out of time is requeued and resumes
+    c.sweep.slurm.gpus_per_node = 1
+    c.sweep.slurm.cpus_per_task = 8
+    c.sweep.slurm.mem = ""  # e.g. "64G"; "" = the partition's default
+    c.sweep.slurm.account = ""
+    c.sweep.slurm.additional = ml_collections.ConfigDict()  # more #SBATCH flags: {"qos": ..}
     c.sweep.similarity = True  # per-layer CKA of the trained models to their inits
     c.sweep.baseline = "random"  # the init label speed-ups are measured against
     c.sweep.bootstrap = 10000  # bootstrap resamples for the confidence intervals
@@ -179,6 +190,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.options.unlock()
     c.init.options.unlock()
     c.sweep.axes.unlock()
+    c.sweep.slurm.additional.unlock()
     c.evals.unlock()
     return c
 

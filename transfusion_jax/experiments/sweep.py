@@ -19,13 +19,21 @@ on a CPU, where one run already keeps every core busy and the stacked step is sl
 single run's (README, "Runs trained together"). Re-running the command skips finished runs
 (their ``sweep_run.json`` says so and their config is unchanged) and resumes runs that were
 cut off from their last checkpoint. A run whose loss becomes NaN is recorded as failed and
-the sweep goes on. With ``sweep.num_shards = N`` host ``i`` (``sweep.shard_index``) trains
-``runs[i::N]``; stages are trained by shard 0 and awaited by the others; the last shard to
-finish writes the report (or run ``job = aggregate`` on the sweep's workdir afterwards).
+the sweep goes on.
+
+Where the runs train (``sweep.executor``, `EXECUTORS`): ``inline`` (default) trains them in
+this process, one group after another, each group one JAX program over every device of the
+host (the run axis sharded); ``local`` and ``slurm`` submit each group as a submitit job
+(`transfusion_jax.experiments.scheduler`) and write the report once every job has ended.
+With ``inline`` and ``sweep.num_shards = N``, process ``i`` (``sweep.shard_index``) trains
+``runs[i::N]`` (``GPUS=N launch/sweep.sh``: one process per local GPU); stages are trained by
+shard 0 and awaited by the others; the last shard to finish writes the report (or run
+``job = aggregate`` on the sweep's workdir afterwards).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -36,7 +44,7 @@ import jax
 import ml_collections
 
 from transfusion_jax import parallel
-from transfusion_jax.config import ConfigError, check_positive, to_dict
+from transfusion_jax.config import ConfigError, check_choice, check_positive, to_dict
 from transfusion_jax.experiments.grid import (
     STATUS_FILE,
     GridRun,
@@ -55,8 +63,16 @@ log = logging.getLogger(__name__)
 
 STAGE_WAIT_S = 24 * 3600
 
+# sweep.executor: where the runs train.
+EXECUTORS = {
+    "inline": "in this process, one group of runs after another (the default)",
+    "local": "each group a job of submitit's LocalExecutor: a process on this machine",
+    "slurm": "each group a Slurm job through submitit (options: sweep.slurm)",
+}
 
-def _write_status(run_dir: Path, **status: Any) -> None:
+
+def write_status(run_dir: Path, **status: Any) -> None:
+    """Writes a run's ``sweep_run.json`` atomically (process 0 only)."""
     if not parallel.is_writer():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +82,7 @@ def _write_status(run_dir: Path, **status: Any) -> None:
 
 
 # How runs are trained, not what they are: changing these does not make a finished run stale.
-HOW_KEYS = ("vectorize", "max_group_size")
+HOW_KEYS = ("vectorize", "max_group_size", "num_shards", "shard_index", "executor", "slurm")
 
 
 def _what(config: dict[str, Any]) -> dict[str, Any]:
@@ -93,41 +109,56 @@ def _train_once(name: str, axes: dict[str, str], seed: int,
     if _finished(name, config, run_dir):
         return "finished"
     common = {"name": name, "axes": axes, "seed": seed, "config": to_dict(config)}
-    _write_status(run_dir, status="running", **common)
+    write_status(run_dir, status="running", **common)
     start = time.perf_counter()
     try:
         train_and_evaluate(config, run_dir)
     except NonFiniteLossError as e:
         log.warning("sweep: %s failed: %s", name, e)
-        _write_status(run_dir, status="failed", error=str(e), **common)
+        write_status(run_dir, status="failed", error=str(e), **common)
         return "failed"
-    _write_status(run_dir, status="finished", seconds=time.perf_counter() - start, **common)
+    write_status(run_dir, status="finished", seconds=time.perf_counter() - start, **common)
     return "finished"
+
+
+def plan_runs(config: ml_collections.ConfigDict, runs: list[GridRun], sweep_dir: Path,
+              group: bool | None = None) -> list[list[GridRun]]:
+    """The unfinished ``runs`` as groups that train together (a run alone is a group of
+    one, with a log line saying why), in grid order. Reads status files only.
+
+    ``group``: whether to group at all (default: `vectorizes` ``sweep.vectorize`` here; a
+    scheduler groups unless it is False, and each job decides on its own backend).
+    """
+    todo = [r for r in runs if not _finished(r.name, r.config, run_dir(sweep_dir, r))]
+    setting = config.sweep.vectorize
+    if not (vectorizes(setting) if group is None else group):
+        if setting == AUTO and len(todo) > 1:
+            log.info("sweep: sweep.vectorize=auto trains the %d runs one after another on %s "
+                     "(groups pay off on GPU/TPU; sweep.vectorize=True groups them here)",
+                     len(todo), jax.default_backend().upper())
+        return [[r] for r in todo]
+    groups = plan_groups(todo, lambda r: shared_settings(r.config),
+                         config.sweep.max_group_size)
+    for group in groups:
+        if len(group) == 1 and len(todo) > 1:
+            log.info("sweep: %s trains alone: %s", group[0].name, why_alone(
+                group[0], todo, lambda a, b: differences(a.config, b.config),
+                lambda r: r.name))
+    return groups
 
 
 def _plan(config: ml_collections.ConfigDict, runs: list[GridRun],
           sweep_dir: Path) -> list[tuple[list[GridRun], PreparedGroup | None]]:
     """The unfinished runs as groups trained together (checked and built, nothing written)
     or runs trained alone (``None``), in grid order."""
-    todo = [r for r in runs if not _finished(r.name, r.config, run_dir(sweep_dir, r))]
-    if not vectorizes(config.sweep.vectorize):
-        if config.sweep.vectorize == AUTO and len(todo) > 1:
-            log.info("sweep: sweep.vectorize=auto trains the %d runs one after another on %s "
-                     "(groups pay off on GPU/TPU; sweep.vectorize=True groups them here)",
-                     len(todo), jax.default_backend().upper())
-        return [([r], None) for r in todo]
     plan = []
-    for group in plan_groups(todo, lambda r: shared_settings(r.config),
-                             config.sweep.max_group_size):
+    for group in plan_runs(config, runs, sweep_dir):
         if len(group) == 1:
-            log.info("sweep: %s trains alone: %s", group[0].name, why_alone(
-                group[0], todo, lambda a, b: differences(a.config, b.config),
-                lambda r: r.name))
             plan.append((group, None))
             continue
-        members = [(r.name, r.config, run_dir(sweep_dir, r)) for r in group]
         try:
-            plan.append((group, prepare_group(members)))
+            plan.append((group, prepare_group([(r.name, r.config, run_dir(sweep_dir, r))
+                                               for r in group])))
         except UnvmappableModelError as e:
             if config.sweep.vectorize is True:
                 raise
@@ -159,31 +190,41 @@ def _train_group(runs: list[GridRun], prepared: PreparedGroup,
     common = {r.name: {"name": r.name, "axes": r.axes, "seed": r.seed,
                        "config": to_dict(r.config), "trained_with": len(runs)} for r in runs}
     for r in runs:
-        _write_status(run_dir(sweep_dir, r), status="running", **common[r.name])
+        write_status(run_dir(sweep_dir, r), status="running", **common[r.name])
     start = time.perf_counter()
     statuses = {}
     for r, result in zip(runs, train_group(prepared), strict=True):
         if result.error is not None:
-            _write_status(run_dir(sweep_dir, r), status="failed", error=result.error,
-                          **common[r.name])
+            write_status(run_dir(sweep_dir, r), status="failed", error=result.error,
+                         **common[r.name])
             statuses[r.name] = "failed"
         else:
-            _write_status(run_dir(sweep_dir, r), status="finished",
-                          seconds=time.perf_counter() - start, **common[r.name])
+            write_status(run_dir(sweep_dir, r), status="finished",
+                         seconds=time.perf_counter() - start, **common[r.name])
             statuses[r.name] = "finished"
     return statuses
 
 
+def train_stages(config: ml_collections.ConfigDict, sweep_dir: Path) -> None:
+    """Trains (resumes, or skips when finished) the sweep's stages, in order.
+
+    Raises:
+      ConfigError: a stage failed (its loss became NaN): the runs reading it cannot go on.
+    """
+    for name, stage, stage_dir in stage_configs(config, sweep_dir):
+        log.info("sweep: stage %s -> %s", name, stage_dir)
+        if _train_once(f"stage {name}", {"stage": name}, stage.seed, stage,
+                       stage_dir) != "finished":
+            raise ConfigError(f"sweep stage {name!r} failed (see {stage_dir}); the runs "
+                              "that start from it cannot go on")
+
+
 def _stages(config: ml_collections.ConfigDict, sweep_dir: Path) -> None:
     """Trains the stages (shard 0) or waits until they are finished (other shards)."""
-    for name, stage, stage_dir in stage_configs(config, sweep_dir):
-        if config.sweep.shard_index == 0:
-            log.info("sweep: stage %s -> %s", name, stage_dir)
-            if _train_once(f"stage {name}", {"stage": name}, stage.seed, stage,
-                           stage_dir) != "finished":
-                raise ConfigError(f"sweep stage {name!r} failed (see {stage_dir}); the runs "
-                                  "that start from it cannot go on")
-            continue
+    if config.sweep.shard_index == 0:
+        train_stages(config, sweep_dir)
+        return
+    for name, _, stage_dir in stage_configs(config, sweep_dir):
         waited = 0.0
         while read_status(stage_dir).get("status") != "finished":
             if read_status(stage_dir).get("status") == "failed" or waited > STAGE_WAIT_S:
@@ -194,7 +235,15 @@ def _stages(config: ml_collections.ConfigDict, sweep_dir: Path) -> None:
 
 def _check_sweep(config: ml_collections.ConfigDict) -> None:
     s = config.sweep
+    check_choice("sweep.executor", s.executor, EXECUTORS)
     check_positive("sweep.num_shards", s.num_shards)
+    if s.executor != "inline" and s.num_shards != 1:
+        raise ConfigError(f"sweep.num_shards={s.num_shards} splits runs over processes by "
+                          f"hand; with sweep.executor={s.executor!r} the scheduler spreads "
+                          "them: leave sweep.num_shards at 1")
+    if s.executor != "inline" and importlib.util.find_spec("submitit") is None:
+        raise ConfigError(f"sweep.executor={s.executor!r} submits jobs through submitit, which "
+                          "is not installed: pip install 'transfusion_jax[cluster]'")
     if not 0 <= s.shard_index < s.num_shards:
         raise ConfigError(f"sweep.shard_index={s.shard_index} must be in [0, "
                           f"{s.num_shards})")
@@ -220,21 +269,10 @@ def _validate_all(config: ml_collections.ConfigDict, sweep_dir: Path,
             raise ConfigError(f"sweep {name}: {e}") from e
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Trains this shard's runs of the sweep in ``workdir``; reports when all are done.
-
-    Returns:
-      ``{"runs": {name: status}, "report": files or None}``.
-    """
-    sweep_dir = Path(workdir).absolute()
-    _check_sweep(config)
-    runs = expand_grid(config, sweep_dir)
-    _validate_all(config, sweep_dir, runs)
-    mine = runs[config.sweep.shard_index::config.sweep.num_shards]
-    log.info("sweep: %d runs (%d on this shard) in %s", len(runs), len(mine), sweep_dir)
-    plan = _plan(config, mine, sweep_dir)
-    _stages(config, sweep_dir)
-    statuses: dict[str, str] = {r.name: "finished" for r in mine}  # finished before
+def _train_plan(plan: list[tuple[list[GridRun], PreparedGroup | None]],
+                sweep_dir: Path) -> dict[str, str]:
+    """Trains each part of a `_plan` in order; returns each run's final status."""
+    statuses: dict[str, str] = {}
     start = time.perf_counter()
     for i, (group, prepared) in enumerate(plan):
         eta = ""
@@ -249,6 +287,27 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
                                              run_dir(sweep_dir, run))
         else:
             statuses.update(_train_group(group, prepared, sweep_dir))
+    return statuses
+
+
+def train_runs(config: ml_collections.ConfigDict, runs: list[GridRun],
+               sweep_dir: Path) -> dict[str, str]:
+    """Trains ``runs`` of the sweep as ``inline`` does: finished ones skipped, the others
+    grouped where they can train together, cut-off ones resumed from their newest
+    checkpoint (what a submitted job runs). Returns ``{name: "finished" | "failed"}``."""
+    statuses = {r.name: "finished" for r in runs}  # finished before
+    statuses.update(_train_plan(_plan(config, runs, sweep_dir), sweep_dir))
+    return statuses
+
+
+def finish_sweep(config: ml_collections.ConfigDict, sweep_dir: Path, runs: list[GridRun],
+                 statuses: dict[str, str]) -> dict[str, Any]:
+    """Logs the failed runs and writes the report once every run has ended.
+
+    Returns:
+      ``{"runs": statuses, "report": files, or None while runs of other shards are not
+      done}``.
+    """
     failed = [name for name, status in statuses.items() if status == "failed"]
     if failed:
         log.warning("sweep: %d run(s) failed and are reported as such: %s", len(failed),
@@ -263,3 +322,28 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
     from transfusion_jax.experiments.report import report_sweep
 
     return {"runs": statuses, "report": report_sweep(config, sweep_dir, runs)}
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains the sweep's runs in ``workdir`` (this shard's, or every run through the
+    scheduler of ``sweep.executor``); reports when all are done.
+
+    Returns:
+      ``{"runs": {name: status}, "report": files or None}`` (and ``"jobs"`` with a
+      scheduler).
+    """
+    sweep_dir = Path(workdir).absolute()
+    _check_sweep(config)
+    runs = expand_grid(config, sweep_dir)
+    _validate_all(config, sweep_dir, runs)
+    if config.sweep.executor != "inline":
+        from transfusion_jax.experiments.scheduler import run_sweep_jobs
+
+        return run_sweep_jobs(config, sweep_dir, runs)
+    mine = runs[config.sweep.shard_index::config.sweep.num_shards]
+    log.info("sweep: %d runs (%d on this shard) in %s", len(runs), len(mine), sweep_dir)
+    plan = _plan(config, mine, sweep_dir)
+    _stages(config, sweep_dir)
+    statuses: dict[str, str] = {r.name: "finished" for r in mine}  # finished before
+    statuses.update(_train_plan(plan, sweep_dir))
+    return finish_sweep(config, sweep_dir, runs, statuses)
