@@ -66,15 +66,27 @@ def setup_logging() -> None:
 
 def setup_jax() -> None:
     """The persistent compilation cache (``TFJ_COMPILATION_CACHE``, default
-    ``~/.cache/tfj_jax``; empty = none) and, for multi-process runs, `jax.distributed`."""
+    ``~/.cache/tfj_jax``; empty = none), `jax.distributed` for multi-process runs, then the
+    job's first log line: the backend and the devices (`accelerator.describe_devices`).
+
+    Raises:
+      AcceleratorError: ``TFJ_EXPECT_ACCELERATOR=1`` and JAX found only the CPU (also when
+        that made ``TFJ_DISTRIBUTED=auto`` find no cluster).
+    """
     import jax
 
-    from transfusion_jax import parallel
+    from transfusion_jax import accelerator, parallel
 
     cache = os.environ.get("TFJ_COMPILATION_CACHE", os.path.expanduser("~/.cache/tfj_jax"))
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
-    parallel.initialize_distributed()
+    try:
+        parallel.initialize_distributed()
+    except Exception:
+        accelerator.require_accelerator()  # a CPU-only JAX sees no TPU slice: say that
+        raise
+    accelerator.require_accelerator()
+    logging.getLogger(__name__).info(accelerator.describe_devices())
 
 
 def make_config(config: ConfigLike, overrides: dict[str, Any] | None = None,

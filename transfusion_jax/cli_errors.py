@@ -8,7 +8,8 @@ status 1:
   `DataError` (a dataset, split or image folder), `WeightMismatchError` (a weight file that
   does not fit the model; its message lists every mismatch, one per line below the error
   line), `CheckpointError` (a damaged checkpoint, a failed save), `NonFiniteLossError`,
-  `SimilarityInputError`, and absl's flag errors;
+  `SimilarityInputError`, `AcceleratorError` (no GPU or TPU where one was expected), and
+  absl's flag errors;
 - operating-system errors a user fixes outside the program (found anywhere in the
   exception's cause chain, since Orbax and tensorstore wrap them): a full disk or quota, no
   permission, a read-only file system, a path through a file.
@@ -30,6 +31,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception classes whose message is already the one line a user needs."""
     from absl import flags
 
+    from transfusion_jax.accelerator import AcceleratorError
     from transfusion_jax.checkpoint_errors import CheckpointError
     from transfusion_jax.config import ConfigError
     from transfusion_jax.data import DataError
@@ -38,7 +40,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from transfusion_jax.weights import WeightMismatchError
 
     return (ConfigError, DataError, NonFiniteLossError, WeightMismatchError,
-            SimilarityInputError, CheckpointError, flags.Error)
+            SimilarityInputError, CheckpointError, AcceleratorError, flags.Error)
 
 
 def one_line(error: BaseException) -> str | None:
