@@ -285,12 +285,21 @@ def _check(case: Case, status: int, stderr: str, workdir: Path | None, before, i
         assert tree_snapshot(workdir) == before, "the workdir was touched"
 
 
+class _StderrAtEmit(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged: the test's captured stream,
+    which pytest swaps in only for the test's call, after the fixtures' setup."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 @pytest.fixture
 def project_log_to_captured_stderr():
     """The project's log lines go to the (captured) stderr of this test, then back."""
     project, absl_logger = logging.getLogger("transfusion_jax"), logging.getLogger("absl")
     handlers, level = list(project.handlers), absl_logger.level
-    project.handlers = [logging.StreamHandler(sys.stderr)]
+    project.handlers = [_StderrAtEmit()]
     yield
     project.handlers = handlers
     absl_logger.setLevel(level)
