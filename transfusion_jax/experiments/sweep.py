@@ -43,6 +43,7 @@ from transfusion_jax.experiments.grid import (
     stage_configs,
 )
 from transfusion_jax.experiments.grouping import plan_groups, why_alone
+from transfusion_jax.paths import to_path, write_text
 from transfusion_jax.train.group.loop import PreparedGroup, prepare_group, train_group
 from transfusion_jax.train.group.rules import differences, shared_settings
 from transfusion_jax.train.loop import NonFiniteLossError, train_and_evaluate
@@ -55,10 +56,8 @@ STAGE_WAIT_S = 24 * 3600
 def _write_status(run_dir: Path, **status: Any) -> None:
     if not parallel.is_writer():
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    tmp.replace(run_dir / STATUS_FILE)  # atomic: never a half-written status
+    # atomic (local: temporary file renamed; gs://: one upload): never a half-written status
+    write_text(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
 
 # How runs are trained, not what they are: changing these does not make a finished run stale.
@@ -194,7 +193,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
     Returns:
       ``{"runs": {name: status}, "report": files or None}``.
     """
-    sweep_dir = Path(workdir).absolute()
+    sweep_dir = to_path(workdir)
     _check_sweep(config)
     runs = expand_grid(config, sweep_dir)
     _validate_all(config, sweep_dir, runs)
