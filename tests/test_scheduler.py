@@ -146,6 +146,9 @@ def test_slurm_options_become_the_sbatch_flags(tmp_path):
     config.sweep.slurm.time = 0
     with pytest.raises(ConfigError, match="sweep.slurm.time=0"):
         make_executor(config, tmp_path)
+    config.sweep.slurm.time, config.sweep.executor = 10, "local"
+    with pytest.raises(ConfigError, match="cannot write to a bucket"):  # job files need a disk
+        make_executor(config, "gs://bucket/sweep/jobs")
 
 
 def test_two_groups_run_as_two_local_jobs_then_one_report(data_dir, tmp_path):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 
 from transfusion_jax.config import ConfigError, load_config
+from transfusion_jax.paths import to_path
 
 if TYPE_CHECKING:  # runs imports JAX, Flax and Orbax: not needed to start the command line
     from transfusion_jax.runs import Run
@@ -119,7 +120,7 @@ def _start(workdir: str | Path | None, job: str) -> Path:
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix=f"transfusion_jax_{job}_")
         logging.getLogger(__name__).info("%s: workdir %s", job, workdir)
-    return Path(workdir).absolute()
+    return to_path(workdir)
 
 
 def train(config: ConfigLike, workdir: str | Path | None = None,

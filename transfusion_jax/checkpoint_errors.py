@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from etils import epath
+
 from transfusion_jax.os_errors import describe_os_error, os_problem
 
 
@@ -39,7 +41,7 @@ def restore_failed(directory: str | Path, step: int, steps: Sequence[int],
       steps: every finalised step of the folder (the fix names the one before ``step``).
       error: what the reader raised.
     """
-    directory = Path(directory)
+    directory = epath.Path(directory)  # local or gs://
     earlier = [s for s in steps if s < step]
     if earlier:
         fix = (f"to resume from step {earlier[-1]}, the newest step before it, move "

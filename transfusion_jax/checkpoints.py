@@ -22,6 +22,11 @@ Readers that need no training setup:
 
 A checkpoint that cannot be read, or a save that fails for a reason the user fixes (a full
 disk), raises `CheckpointError` naming the step and the fix (`checkpoint_errors`).
+
+Folders may be local or ``gs://`` (`transfusion_jax.paths`): Orbax writes a GCS checkpoint
+through tensorstore's own GCS driver, every process its own shards, and marks a finished
+step with a ``commit_success.txt`` file instead of renaming a temporary folder (GCS has no
+atomic rename); a step folder without it is unfinished and never read.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from transfusion_jax.checkpoint_errors import CheckpointError, restore_failed, save_failed
+from transfusion_jax.paths import is_remote, to_path
 
 ITEMS = ("state", "data", "meta")
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
@@ -53,7 +59,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_every: int = 0,
                  async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = to_path(directory)
         from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
 
         keep = [policy.LatestN(keep_last), policy.CustomSteps([0])]
@@ -149,11 +155,12 @@ class Checkpointer:
 
 def _finalised_steps(directory: Path) -> list[int]:
     """Steps whose folder is complete on disk (Orbax renames a step's temporary folder only
-    once every item is written), ascending."""
+    once every item is written; on GCS it writes ``commit_success.txt`` last), ascending."""
     if not directory.is_dir():
         return []
+    marker = "commit_success.txt" if is_remote(directory) else "_CHECKPOINT_METADATA"
     return sorted(int(p.name) for p in directory.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+                  if p.name.isdigit() and (p / marker).exists())
 
 
 @contextlib.contextmanager
@@ -161,7 +168,7 @@ def _read_only_manager(directory: str | Path) -> Iterator[ocp.CheckpointManager]
     """A manager that never writes (Orbax's notes that it is read-only silenced)."""
     with _quiet_orbax():
         manager = ocp.CheckpointManager(
-            Path(directory).absolute(), item_names=ITEMS,
+            to_path(directory), item_names=ITEMS,
             options=ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                  save_interval_steps=0))
     try:
@@ -174,7 +181,7 @@ def _read_only_manager(directory: str | Path) -> Iterator[ocp.CheckpointManager]
 def kept_steps(directory: str | Path) -> list[int]:
     """The finalised steps in a ``checkpoints/`` folder, ascending ([] when there is no such
     folder; nothing is written, nothing of a run still training is cleaned up)."""
-    if not Path(directory).is_dir():
+    if not to_path(directory).is_dir():
         return []
     with _read_only_manager(directory) as manager:
         return sorted(manager.all_steps())
@@ -191,7 +198,7 @@ def read_meta(directory: str | Path, step: int) -> dict[str, Any]:
             return manager.restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:
-            raise restore_failed(Path(directory), step, sorted(manager.all_steps()), e) from e
+            raise restore_failed(to_path(directory), step, sorted(manager.all_steps()), e) from e
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -259,7 +266,7 @@ def state_shapes(step_dir: str | Path) -> dict[str, Any]:
     Returns:
       ``{"params": {...: tuple shape}, "batch_stats": {...}}`` (nothing is read but metadata).
     """
-    step_dir = Path(step_dir).absolute()
+    step_dir = to_path(step_dir)
     with _reading(step_dir), _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
         tree = _tree_metadata(checkpointer, step_dir / "state")
         return {k: jax.tree.map(lambda m: tuple(m.shape), tree[k])
@@ -280,7 +287,7 @@ def read_variables(step_dir: str | Path) -> dict[str, Any]:
       FileNotFoundError: ``step_dir`` holds no train state.
       CheckpointError: the step is damaged (the message names the step before it).
     """
-    step_dir = Path(step_dir).absolute()
+    step_dir = to_path(step_dir)
     if not (step_dir / "state").is_dir():
         raise FileNotFoundError(f"no checkpointed train state in {step_dir}")
     with _reading(step_dir):
@@ -326,7 +333,7 @@ def read_orbax_variables(path: str | Path) -> dict[str, Any]:
       FileNotFoundError: no such folder.
       ValueError: no checkpoint with a ``params`` entry there.
     """
-    path = Path(path).absolute()
+    path = to_path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Orbax checkpoint folder not found: {path}")
     steps = [p for p in path.iterdir() if _step_of(p) is not None]

@@ -25,6 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from transfusion_jax.config import ConfigError
+from transfusion_jax.paths import check_remote, is_remote
 
 USAGE = ("usage: python -m transfusion_jax.main --config=configs/NAME.py[:ARG] --workdir=DIR "
          "[--config.KEY=VALUE ...]")
@@ -55,10 +56,11 @@ def _flag_values(argv: list[str]) -> tuple[flags.FlagValues, flags.FlagHolder]:
 
 def check_workdir(workdir: str) -> None:
     """Raises `ConfigError` unless ``workdir`` is a folder this process may write into (or
-    create). Checked without writing anything; remote paths (``gs://``) are left to their
-    file system.
+    create). Checked without writing anything; of a remote path (``gs://``) only that this
+    process can use it (the ``[gcs]`` extra, credentials: `transfusion_jax.paths`).
     """
-    if "://" in workdir:
+    if is_remote(workdir):
+        check_remote(workdir)
         return
     path = Path(workdir).expanduser().absolute()
     if path.exists() and not path.is_dir():

@@ -3,19 +3,26 @@
 Every job writes its tables and figures through these helpers, so the conventions are the
 same everywhere: floats with 6 decimals, a value that was not computed (NaN or None) as an
 empty cell (never a literal ``nan`` that reads like a failed computation), figures rendered
-with the non-interactive ``Agg`` backend and closed after saving.
+with the non-interactive ``Agg`` backend and closed after saving. Paths may be local or
+``gs://`` (`transfusion_jax.paths`); a figure is written through a file object, so the same
+code writes both.
 
-This module is a leaf of the project: it imports nothing of it.
+This module imports nothing of the project but `transfusion_jax.paths`.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from etils import epath
+
+from transfusion_jax.paths import to_path, write_bytes, write_text
 
 
 @functools.cache
@@ -36,13 +43,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def save_figure(fig: Any, path: str | Path, *, dpi: int = 110, **kwargs: Any) -> Path:
-    """Saves ``fig`` as ``path`` (its folder created) and closes it; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, **kwargs)
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 110, **kwargs: Any) -> epath.Path:
+    """Saves ``fig`` as ``path`` (its folder created; local or ``gs://``) and closes it;
+    returns the path. The format is the suffix's (``.png``, ``.pdf``, ``.svg``)."""
+    path = to_path(path)
+    buffer = io.BytesIO()
+    kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    fig.savefig(buffer, dpi=dpi, **kwargs)
     pyplot().close(fig)
-    return path
+    return write_bytes(path, buffer.getvalue())
 
 
 def cell(value: Any, *, digits: int | None = 6) -> Any:
@@ -67,19 +76,17 @@ def nan_to_none(array: Any) -> Any:
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], *,
-              digits: int | None = 6) -> Path:
-    """Writes a CSV table (cells through `cell`); returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows([cell(v, digits=digits) for v in row] for row in rows)
-    return path
+              digits: int | None = 6) -> epath.Path:
+    """Writes a CSV table (cells through `cell`; local or ``gs://``); returns its path."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows([cell(v, digits=digits) for v in row] for row in rows)
+    return write_text(path, text.getvalue())
 
 
 def write_csv_dicts(path: str | Path, rows: Sequence[Mapping[str, Any]], *,
-                    header: Sequence[str] = (), digits: int | None = 6) -> Path:
+                    header: Sequence[str] = (), digits: int | None = 6) -> epath.Path:
     """Writes dict rows as a CSV table; the header is ``header`` or the first row's keys."""
     header = list(header) or (list(rows[0]) if rows else [])
     return write_csv(path, header, ([row.get(k) for k in header] for row in rows),

@@ -22,10 +22,12 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from transfusion_jax import checkpoints
 from transfusion_jax.config import ConfigError
 from transfusion_jax.models import model_from_config
+from transfusion_jax.paths import to_path
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -34,7 +36,7 @@ SUMMARY = "summary.json"
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     """Every line of ``workdir/metrics.jsonl``, in order (``[]`` when there is none)."""
-    path = Path(workdir) / METRICS
+    path = to_path(workdir) / METRICS
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
@@ -57,7 +59,7 @@ def metrics_as_arrays(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
-def parse_ref(spec: str | Path) -> tuple[Path, int | None]:
+def parse_ref(spec: str | Path) -> tuple[epath.Path, int | None]:
     """``"RUN_DIR[@STEP]"`` -> ``(run_dir, step or None for the newest)``.
 
     Raises:
@@ -67,7 +69,7 @@ def parse_ref(spec: str | Path) -> tuple[Path, int | None]:
     path, _, step = spec.rpartition("@") if "@" in spec else (spec, "", "")
     if step and not step.isdigit():
         raise ConfigError(f"{spec!r}: the part after @ must be a checkpoint step")
-    return Path(path), (int(step) if step else None)
+    return to_path(path), (int(step) if step else None)
 
 
 @dataclasses.dataclass
@@ -75,12 +77,12 @@ class Run:
     """A run's workdir, opened read-only.
 
     Attributes:
-      workdir: the run's folder (absolute).
+      workdir: the run's folder (absolute, or ``gs://``).
       config: the config it was trained with (from its newest checkpoint's metadata).
       steps: its kept checkpoint steps, ascending.
     """
 
-    workdir: Path
+    workdir: epath.Path
     config: ml_collections.ConfigDict
     steps: list[int]
 
@@ -91,7 +93,7 @@ class Run:
         Raises:
           ConfigError: it is not a training run's workdir, or holds no finished checkpoint.
         """
-        workdir = Path(workdir).absolute()
+        workdir = to_path(workdir)
         directory = workdir / CHECKPOINTS
         if not directory.is_dir():
             raise ConfigError(f"{workdir} is not a training run's workdir (no {CHECKPOINTS}/ "
@@ -111,7 +113,7 @@ class Run:
         """Whether the run trained all its steps and wrote its summary."""
         return self.latest_step >= self.config.train.steps and (self.workdir / SUMMARY).exists()
 
-    def step_dir(self, step: int) -> Path:
+    def step_dir(self, step: int) -> epath.Path:
         """``WORKDIR/checkpoints/<step>``; raises `ConfigError` for a step not kept."""
         if step not in self.steps:
             raise ConfigError(f"step {step} is not a checkpoint of {self.workdir}; it has "

@@ -40,6 +40,7 @@ from transfusion_jax.analysis.checkpoint_similarity import (
 from transfusion_jax.analysis.similarity_files import write_per_layer
 from transfusion_jax.analysis.similarity_uncertainty import UncertaintyOptions
 from transfusion_jax.config import ConfigError
+from transfusion_jax.paths import to_path
 from transfusion_jax.runs import Run, parse_ref
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,14 @@ def _refs(a: ml_collections.ConfigDict) -> tuple[CheckpointRef, CheckpointRef,
 def run_analysis(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs every analysis of ``config.analysis`` and writes the report into ``workdir``."""
     a = config.analysis
-    out = Path(workdir).absolute()
+    out = to_path(workdir)
     before, after, baselines = _refs(a)
     seconds: dict[str, float] = {}
     files: dict[str, Any] = {}
     with _timed(seconds, "load checkpoints"):
         pair = stack_checkpoints([before, after])
         blocks = pair.run.block_names()
-        same_run = Path(before.run_dir).absolute() == Path(after.run_dir).absolute()
+        same_run = to_path(before.run_dir) == to_path(after.run_dir)
         steps = [s for s in Run.open(after.run_dir).steps if s <= after.step]
         along = (stack_checkpoints([CheckpointRef(f"step {s}", after.run_dir, s)
                                     for s in steps])

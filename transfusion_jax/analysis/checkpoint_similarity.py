@@ -37,6 +37,7 @@ from transfusion_jax.analysis.similarity_uncertainty import (
 from transfusion_jax.config import ConfigError
 from transfusion_jax.data import eval_batches, open_source
 from transfusion_jax.models import representation_names
+from transfusion_jax.paths import to_path
 from transfusion_jax.runs import Run, stack
 from transfusion_jax.similarity import all_pairs, intervals, resample, streaming
 
@@ -91,7 +92,7 @@ def stack_checkpoints(refs: Sequence[CheckpointRef]) -> StackedCheckpoints:
     trees, steps = [], []
     first: Run | None = None
     for ref in refs:
-        key = Path(ref.run_dir).absolute()
+        key = to_path(ref.run_dir)
         run = runs.get(key) or runs.setdefault(key, Run.open(key))
         if first is None:
             first = run

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import os
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path
+
+from transfusion_jax.paths import to_path
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max-width: 1100px;
@@ -57,7 +59,7 @@ class Section:
 
 
 def _rel(path: str | Path, out_dir: Path) -> str:
-    return os.path.relpath(Path(path).absolute(), out_dir.absolute())
+    return posixpath.relpath(str(to_path(path)), str(to_path(out_dir)))  # local or gs://
 
 
 def _html_table(t: Table) -> str:
@@ -79,7 +81,7 @@ def _md_table(t: Table) -> str:
 def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], *,
                  name: str = "report") -> tuple[Path, Path]:
     """Writes ``out_dir/{name}.html`` and ``out_dir/{name}.md``; returns their paths."""
-    out = Path(out_dir)
+    out = to_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     body, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}", ""]
     for s in sections:
@@ -92,7 +94,7 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], *
             body.append(_html_table(t))
             md += [_md_table(t), ""]
         for f in s.figures:
-            if not f.path or not Path(f.path).is_file():
+            if not f.path or not to_path(f.path).is_file():
                 continue
             rel = _rel(f.path, out)
             body.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(f.caption)}">'

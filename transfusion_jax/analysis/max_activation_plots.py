@@ -13,6 +13,7 @@ import numpy as np
 from transfusion_jax.analysis.max_activation import TopKResult
 from transfusion_jax.analysis.max_activation_compare import ChannelComparison
 from transfusion_jax.outputs import plt, save_figure, write_csv, write_csv_dicts
+from transfusion_jax.paths import to_path
 
 CHANNEL_COLUMNS = ("layer", "channel", "k", "overlap", "purity_before", "purity_after",
                    "entropy_before", "entropy_after", "size_before", "size_after",
@@ -33,7 +34,7 @@ def write_max_activation(workdir: str | Path, comparisons: Sequence[ChannelCompa
     Returns:
       ``{name: path}`` of the files written.
     """
-    workdir = Path(workdir)
+    workdir = to_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     files = {"channels": str(workdir / "max_activation_channels.csv"),
              "layers": str(workdir / "max_activation_layers.csv")}
@@ -183,7 +184,7 @@ def plot_max_activation(workdir: str | Path, comparisons: Sequence[ChannelCompar
     Args:
       k: the k label plotted (default: the first of the comparisons).
     """
-    workdir = Path(workdir)
+    workdir = to_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     k = k or comparisons[0].ks[0]
     files = {"scatter": plot_overlap_purity(workdir / "max_activation_scatter.png",

@@ -23,6 +23,7 @@ from transfusion_jax.analysis.checkpoint_similarity import CheckpointSimilarity
 from transfusion_jax.analysis.similarity_plots import plot_per_layer, plot_similarity
 from transfusion_jax.analysis.similarity_uncertainty import COLUMNS
 from transfusion_jax.outputs import nan_to_none, write_csv
+from transfusion_jax.paths import to_path
 
 
 def columns(names: list[str], middle: str = "") -> list[str]:
@@ -72,7 +73,7 @@ def write_per_layer(result: CheckpointSimilarity, out_dir: str | Path, *,
                     title: str = "") -> dict[str, str]:
     """``cross_run.csv`` (one row per checkpoint pair and layer), ``cross_run.json`` and
     ``cross_run.png`` (one heatmap of linear CKA per layer)."""
-    out = Path(out_dir)
+    out = to_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(result.values)
     per_layer = {f"{n}{suffix}": result.per_layer(n, f) for n in names

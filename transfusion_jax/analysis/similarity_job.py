@@ -35,6 +35,7 @@ from transfusion_jax.analysis.checkpoint_similarity import (
 from transfusion_jax.analysis.similarity_files import write_job_files
 from transfusion_jax.analysis.similarity_uncertainty import UncertaintyOptions
 from transfusion_jax.config import ConfigError, check_choice
+from transfusion_jax.paths import to_path
 from transfusion_jax.similarity import REDUCTIONS
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def run_similarity_job(config: ml_collections.ConfigDict, workdir: str | Path) -
     matrices = {name: result.matrix(name) for name in result.values}
     files = {}
     if parallel.is_writer():
-        files = write_job_files(Path(workdir), result, {
+        files = write_job_files(to_path(workdir), result, {
             "run_dir": str(stacked.run.workdir), "reduction": s.reduction,
             "num_examples": result.num_examples, "debiased": s.debiased,
             "bootstrap": uncertainty.bootstrap, "null": uncertainty.null,

@@ -13,6 +13,7 @@ from transfusion_jax.analysis.weight_change import (
     WeightChange,
 )
 from transfusion_jax.outputs import plt, save_figure, write_csv
+from transfusion_jax.paths import to_path
 
 # Matplotlib 3.10 replaced boxplot's ``vert`` by ``orientation``.
 _HORIZONTAL = ({"orientation": "horizontal"}
@@ -42,7 +43,7 @@ def write_weight_change(result: WeightChange, out_dir: str | Path, *,
     Returns:
       file kind -> path written.
     """
-    out = Path(out_dir)
+    out = to_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"layers_csv": out / "weight_change_layers.csv",
                "filters_csv": out / "weight_change_filters.csv",
@@ -108,7 +109,7 @@ def write_weight_change(result: WeightChange, out_dir: str | Path, *,
     ax.grid(axis="x", alpha=0.3)
     save_figure(fig, written["correlation_png"], dpi=110)
     if trajectory is not None:
-        written["trajectory_png"] = Path(
+        written["trajectory_png"] = to_path(
             plot_trajectory_changes(trajectory, out / "weight_change_trajectory.png"))
     return {k: str(v) for k, v in written.items()}
 

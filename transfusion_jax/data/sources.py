@@ -13,6 +13,8 @@
    ``diabetic_retinopathy_detection/btgraham-300``): read from ``data_dir`` as already
    prepared with ``file_format="array_record"``. Nothing is downloaded; an unprepared
    dataset raises `DatasetNotFoundError` saying where tfds looked and how to prepare it.
+   A ``gs://`` data dir is staged to a local cache first (`staging`: array_record reads
+   local files only); a shipped dataset is prepared locally and uploaded there.
 
 ``data_config.label_transform`` (see `labels.LABEL_TRANSFORMS`) maps the stored labels to a
 task's labels as records are read (e.g. DR grades -> referable DR, CheXpert's 14
@@ -34,6 +36,7 @@ from transfusion_jax.data.errors import DatasetNotFoundError
 from transfusion_jax.data.folder import ImageFolderSource
 from transfusion_jax.data.labels import LabelFn, LabelTransform, RawLabel, get_label_transform
 from transfusion_jax.data.shipped import SHIPPED_BUILDERS
+from transfusion_jax.paths import check_remote, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -152,29 +155,66 @@ def _label_meta(builder: Any, name: str, label_key: str) -> tuple[int, bool]:
         "multi-hot vector; set --config.data.label_key to one that is")
 
 
-def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: str,
-               transform: LabelTransform | None = None):
+def _builder(name: str, data_dir: str) -> Any:
+    """The tfds builder of ``name`` on ``data_dir`` (shipped or catalog); prepares nothing.
+
+    Raises:
+      DatasetNotFoundError: an unknown name.
+    """
     tfds = _quiet_tfds()
     if name in SHIPPED_BUILDERS:
-        builder = SHIPPED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+        return SHIPPED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    try:
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetNotFoundError(
+            f"unknown dataset {name!r}: it is neither one of the shipped datasets "
+            f"({', '.join(sorted(SHIPPED_BUILDERS))}), nor {FOLDER_DATASET!r}, nor a "
+            "tensorflow-datasets name (see the tfds catalog)") from e
+
+
+def _not_prepared(name: str, builder: Any, data_dir: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"dataset {name!r} is not prepared: tfds looked in {builder.data_dir}. "
+        f"Prepare it once with `tfds build {name} --data_dir={data_dir} "
+        "--file_format=array_record` (manual-download datasets such as "
+        "diabetic_retinopathy_detection, chexpert and imagenet2012 also need "
+        "--manual_dir=FOLDER_WITH_THE_ARCHIVES), or set --config.data.data_dir.")
+
+
+def _staged(name: str, data_dir: str) -> str:
+    """A remote (``gs://``) data dir's dataset mirrored locally (`staging`); returns the
+    local data dir to read. A shipped dataset not yet under ``data_dir`` is prepared locally
+    and uploaded there first."""
+    from transfusion_jax.data import staging
+
+    check_remote(data_dir)
+    remote = _builder(name, data_dir)
+    local_root = staging.mirror_of(data_dir)
+    if not remote.is_prepared():
+        if name not in SHIPPED_BUILDERS:
+            raise _not_prepared(name, remote, data_dir)
+        local = _builder(name, str(local_root))
+        if not local.is_prepared():
+            log.info("preparing %s into %s (offline, once)", name, local.data_dir)
+            local.download_and_prepare()
+        staging.upload(local.data_dir, remote.data_dir)
+        return str(local_root)
+    return str(staging.stage(remote.data_dir, data_dir))
+
+
+def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: str,
+               transform: LabelTransform | None = None):
+    if is_remote(data_dir):
+        data_dir = _staged(name, data_dir)
+    builder = _builder(name, data_dir)
+    if name in SHIPPED_BUILDERS:
         if not builder.is_prepared():
             log.info("preparing %s into %s (offline, once)", name, builder.data_dir)
             builder.download_and_prepare()
     else:
-        try:
-            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise DatasetNotFoundError(
-                f"unknown dataset {name!r}: it is neither one of the shipped datasets "
-                f"({', '.join(sorted(SHIPPED_BUILDERS))}), nor {FOLDER_DATASET!r}, nor a "
-                "tensorflow-datasets name (see the tfds catalog)") from e
         if not builder.is_prepared():
-            raise DatasetNotFoundError(
-                f"dataset {name!r} is not prepared: tfds looked in {builder.data_dir}. "
-                f"Prepare it once with `tfds build {name} --data_dir={data_dir} "
-                "--file_format=array_record` (manual-download datasets such as "
-                "diabetic_retinopathy_detection, chexpert and imagenet2012 also need "
-                "--manual_dir=FOLDER_WITH_THE_ARCHIVES), or set --config.data.data_dir.")
+            raise _not_prepared(name, builder, data_dir)
         file_format = builder.info.file_format
         file_format = str(getattr(file_format, "value", file_format) or "")
         if "array_record" not in file_format:

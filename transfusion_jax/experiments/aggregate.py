@@ -33,6 +33,7 @@ from transfusion_jax.experiments.aggregate_text import conclusion, csv_rows, mar
 from transfusion_jax.experiments.grid import RUNS_DIR, group_label, read_json, read_status
 from transfusion_jax.experiments.stats import bootstrap_ci, jsonable, paired_speedup, steps_summary
 from transfusion_jax.outputs import write_csv
+from transfusion_jax.paths import to_path
 from transfusion_jax.runs import read_metrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def natural_key(text: str) -> list[Any]:
 def _read_runs(sweep_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """``(finished, failed, not_finished)`` run records of ``sweep_dir/runs/*``."""
     finished, failed, other = [], [], []
-    for run_dir in sorted((sweep_dir / RUNS_DIR).glob("*/")):
+    runs_dir = sweep_dir / RUNS_DIR
+    run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    for run_dir in run_dirs:
         status = read_status(run_dir)
         name = status.get("name", run_dir.name)
         state = status.get("status", "not started")
@@ -133,7 +136,7 @@ def aggregate_sweep(sweep_dir: str | Path, *, baseline: str = "random",
     Raises:
       ConfigError: runs that track different convergence metrics or thresholds.
     """
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = to_path(sweep_dir)
     finished, failed, other = _read_runs(sweep_dir)
     for run in failed + other:
         log.warning("aggregate: %s left out (%s)", run["name"], run["status"])
@@ -189,7 +192,7 @@ def write_aggregate(result: dict[str, Any], out_dir: str | Path) -> dict[str, st
     Returns:
       ``{"csv": path, "md": path, "json": path, "<plot>_png": path, ...}``.
     """
-    out_dir = Path(out_dir)
+    out_dir = to_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"csv": out_dir / "aggregate.csv", "md": out_dir / "aggregate.md",
              "json": out_dir / "aggregate.json"}

@@ -24,6 +24,7 @@ import matplotlib.ticker as ticker
 import numpy as np
 
 from transfusion_jax.outputs import plt, save_figure
+from transfusion_jax.paths import to_path
 
 DEPTH = re.compile(r"transfusion_k(\d+)$")
 
@@ -210,7 +211,7 @@ def write_plots(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """Every plot that applies to ``result``; ``{"curves_png": path, ...}``."""
     if not result["groups"]:
         return {}
-    out_dir = Path(out_dir)
+    out_dir = to_path(out_dir)
     plots = {"curves_png": (plot_convergence_curves, "curves.png"),
              "steps_png": (plot_steps_to_threshold, "steps_to_threshold.png"),
              "speedup_png": (plot_speedup, "speedup.png"),

@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 
 from transfusion_jax.config import ConfigError, load_config
+from transfusion_jax.paths import to_path
 
 STAGES_DIR = "stages"
 RUNS_DIR = "runs"
@@ -171,7 +172,7 @@ def expand_grid(config: ml_collections.ConfigDict, sweep_dir: Path) -> list[Grid
 def require_sweep_dir(sweep_dir: str | Path) -> None:
     """Raises `ConfigError` unless ``sweep_dir`` holds a sweep's runs (``runs/*/`` with a
     ``sweep_run.json``): what ``job = aggregate`` reads."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = to_path(sweep_dir)
     if any((sweep_dir / RUNS_DIR).glob(f"*/{STATUS_FILE}")):
         return
     if (sweep_dir / "checkpoints").is_dir():
@@ -185,18 +186,18 @@ def require_sweep_dir(sweep_dir: str | Path) -> None:
 
 def run_dir(sweep_dir: Path, run: GridRun) -> Path:
     """The workdir of one run of the sweep."""
-    return Path(sweep_dir) / RUNS_DIR / run.name
+    return to_path(sweep_dir) / RUNS_DIR / run.name
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON file of a run (``{}`` when it is not there yet)."""
-    path = Path(path)
+    path = to_path(path)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def read_status(path: Path) -> dict[str, Any]:
     """A run's ``sweep_run.json`` (``{}`` when it was never started)."""
-    return read_json(Path(path) / STATUS_FILE)
+    return read_json(to_path(path) / STATUS_FILE)
 
 
 def group_label(axes: dict[str, str]) -> str:

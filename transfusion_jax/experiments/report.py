@@ -26,6 +26,7 @@ from transfusion_jax.experiments.grid import (
     run_dir,
 )
 from transfusion_jax.experiments.group_similarity import group_similarity
+from transfusion_jax.paths import to_path
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def report_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path,
     """Aggregates a finished sweep and writes ``report.html`` / ``report.md`` into it."""
     from transfusion_jax.experiments.aggregate import aggregate_sweep, write_aggregate
     start = time.perf_counter()
-    sweep_dir = Path(sweep_dir).absolute()
+    sweep_dir = to_path(sweep_dir)
     runs = list(runs) if runs is not None else expand_grid(config, sweep_dir)
     dirs = [run_dir(sweep_dir, r) for r in runs]
     s = config.sweep
@@ -114,7 +115,7 @@ def _sections(config, sweep_dir: Path, runs, dirs, agg: dict, files: dict) -> li
     conv = config.convergence
     answer = agg.get("conclusion", "")
     sections = [Section("Answer", [answer], highlight=True)]
-    md_table = Path(files.get("md", sweep_dir / "aggregate" / "aggregate.md"))
+    md_table = to_path(files.get("md", sweep_dir / "aggregate" / "aggregate.md"))
     header, rows = summary_table(agg)
     table = Table("", header, rows)
     sections.append(Section(

@@ -41,6 +41,7 @@ import submitit
 from transfusion_jax.config import ConfigError, check_positive, to_dict
 from transfusion_jax.experiments import sweep
 from transfusion_jax.experiments.grid import GridRun, expand_grid, read_status, run_dir
+from transfusion_jax.paths import is_remote, to_path
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class SweepJob(submitit.helpers.Checkpointable):
 
         setup_logging()
         setup_jax()
-        sweep_dir = Path(self.sweep_dir)
+        sweep_dir = to_path(self.sweep_dir)
         if self.runs is None:
             sweep.train_stages(self.config, sweep_dir)
             return {"stages": "finished"}
@@ -128,6 +129,11 @@ def make_executor(config: ml_collections.ConfigDict, folder: Path) -> submitit.E
     """
     _check_options(config)
     s = config.sweep
+    if is_remote(folder):
+        raise ConfigError(
+            f"sweep.executor={s.executor} keeps its job files in {folder}, which submitit "
+            "cannot write to a bucket: use a sweep folder on a filesystem the nodes share "
+            "(sweep.executor=inline accepts gs://)")
     if s.executor == "local":
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=float(s.slurm.time),

@@ -54,6 +54,7 @@ from transfusion_jax.experiments.grid import (
     stage_configs,
 )
 from transfusion_jax.experiments.grouping import plan_groups, why_alone
+from transfusion_jax.paths import to_path, write_text
 from transfusion_jax.train.group.loop import PreparedGroup, prepare_group, train_group
 from transfusion_jax.train.group.rules import differences, shared_settings
 from transfusion_jax.train.group.step import UnvmappableModelError
@@ -75,10 +76,8 @@ def write_status(run_dir: Path, **status: Any) -> None:
     """Writes a run's ``sweep_run.json`` atomically (process 0 only)."""
     if not parallel.is_writer():
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    tmp.replace(run_dir / STATUS_FILE)  # atomic: never a half-written status
+    # atomic (local: temporary file renamed; gs://: one upload): never a half-written status
+    write_text(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
 
 # How runs are trained, not what they are: changing these does not make a finished run stale.
@@ -332,7 +331,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
       ``{"runs": {name: status}, "report": files or None}`` (and ``"jobs"`` with a
       scheduler).
     """
-    sweep_dir = Path(workdir).absolute()
+    sweep_dir = to_path(workdir)
     _check_sweep(config)
     runs = expand_grid(config, sweep_dir)
     _validate_all(config, sweep_dir, runs)

@@ -24,6 +24,7 @@ from transfusion_jax import parallel
 from transfusion_jax.checkpoints import Checkpointer, abstract_like
 from transfusion_jax.config import to_dict
 from transfusion_jax.data import train_dataset, train_iterator
+from transfusion_jax.paths import to_path
 from transfusion_jax.runs import read_metrics
 from transfusion_jax.train.convergence import ConvergenceTracker
 from transfusion_jax.train.evaluators import MAIN, EvalContext, build_evaluators
@@ -67,7 +68,7 @@ def _title(config: ml_collections.ConfigDict) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Trains (or resumes) the run of ``config`` in ``workdir``; returns its summary."""
-    workdir = Path(workdir).absolute()
+    workdir = to_path(workdir)
     mesh = parallel.data_mesh()
     validate(config, parallel.num_data_shards(mesh))
     setup = build_run(config)
@@ -153,6 +154,7 @@ def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
                                    recent))
         if do_ckpt:
             run_time = elapsed + time.perf_counter() - t0
+            writer.flush()  # a remote metrics.jsonl holds every line up to the checkpoint
             ckpt.save(step, state, iterator.get_state(),
                       _meta(config, step, tracker, last, run_time))
         progress.restart_clock(step)
@@ -160,6 +162,7 @@ def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
     for evaluator in evaluators:  # A finished run re-opened: evaluate its final state again.
         if evaluator.name not in last:
             run_eval(evaluator, total)
+    writer.flush()
     return _finish(config, workdir, tracker, last, elapsed, progress, ckpt)
 
 

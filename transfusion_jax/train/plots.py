@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from etils import epath
+
 from transfusion_jax.outputs import plt, save_figure
 
 
@@ -38,7 +40,7 @@ def evaluator_panels(records: list[dict[str, Any]]) -> list[tuple[str, str, list
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path, *, title: str,
-                convergence: dict[str, Any] | None = None) -> Path:
+                convergence: dict[str, Any] | None = None) -> epath.Path:
     """Train/eval loss and eval accuracy / AUC / mAP with the threshold; below, one panel
     per metric of each further evaluator (similarity to init, weight change, ...), one line
     per block: the run's learning dynamics.
@@ -88,9 +90,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, *, title: str,
     ax_metric.legend(loc="lower right", fontsize=8)
     ax_metric.grid(alpha=0.3)
     fig.suptitle(title)
-    path = Path(path)
-    save_figure(fig, path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _plot_evaluator(ax: Any, records: list[dict[str, Any]], name: str, metric: str,

@@ -29,6 +29,7 @@ import ml_collections
 
 from transfusion_jax.checkpoints import kept_steps, read_meta
 from transfusion_jax.config import ConfigError, to_dict
+from transfusion_jax.paths import to_path
 from transfusion_jax.runs import CHECKPOINTS
 
 # Whole sections / keys that must match, and keys inside them that may change.
@@ -88,10 +89,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | Path) -> int 
       ConfigError: one line naming every setting that differs, with both values.
       CheckpointError: the newest step's metadata cannot be read.
     """
-    steps = kept_steps(Path(workdir) / CHECKPOINTS)
+    steps = kept_steps(to_path(workdir) / CHECKPOINTS)
     if not steps:
         return None
-    saved = read_meta(Path(workdir) / CHECKPOINTS, steps[-1]).get("config", {})
+    saved = read_meta(to_path(workdir) / CHECKPOINTS, steps[-1]).get("config", {})
     changes = changed_settings(saved, to_dict(config))
     if changes:
         listed = "; ".join(f"{key} was {old!r}, now {new!r}" for key, old, new in changes)

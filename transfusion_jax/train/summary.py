@@ -6,21 +6,26 @@ import json
 from pathlib import Path
 from typing import Any
 
+from etils import epath
+
+from transfusion_jax.paths import to_path, write_text
+
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def write_summary(workdir: str | Path, summary: dict[str, Any]) -> tuple[Path, Path]:
+def write_summary(workdir: str | Path, summary: dict[str, Any]
+                  ) -> tuple[epath.Path, epath.Path]:
     """Writes the summary dict as JSON and as a short Markdown page.
 
     Expected keys: ``title``, ``final_eval`` (metric -> value), ``convergence``
     (`ConvergenceTracker.to_dict()`), ``steps``, ``wall_time_s``, ``examples_per_sec``,
     ``files`` (name -> path).
     """
-    workdir = Path(workdir)
+    workdir = to_path(workdir)
     json_path, md_path = workdir / "summary.json", workdir / "summary.md"
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(json_path, json.dumps(summary, indent=2) + "\n")
     conv = summary["convergence"]
     reached = (f"step **{conv['steps_to_threshold']}** ({conv['metric']} = "
                f"{conv['value_at_threshold']:.4f})" if conv["reached"]
@@ -37,7 +42,7 @@ def write_summary(workdir: str | Path, summary: dict[str, Any]) -> tuple[Path, P
     ]
     for name, values in summary.get("final_evals", {}).items():
         lines += _evaluator_table(name, values)
-    md_path.write_text("\n".join(lines))
+    write_text(md_path, "\n".join(lines))
     return json_path, md_path
 
 

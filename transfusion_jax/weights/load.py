@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from transfusion_jax.checkpoints import read_orbax_variables
+from transfusion_jax.paths import to_path
 from transfusion_jax.weights import name_maps
 from transfusion_jax.weights.merge import merge_params, unflatten
 from transfusion_jax.weights.pth import read_pth
@@ -90,7 +91,7 @@ def read_weights(path: str | Path, family: str | None = None) -> dict[str, Any]:
     Returns:
       nested dicts of NumPy arrays in Flax layouts.
     """
-    path = Path(path)
+    path = to_path(path)  # local or gs://
     if path.is_dir():
         return read_orbax_variables(path)
     suffix = path.suffix.lower()

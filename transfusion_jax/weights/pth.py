@@ -28,6 +28,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from transfusion_jax.paths import to_path
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 # torch storage class / dtype name -> numpy dtype
@@ -151,7 +153,7 @@ def _tree_to_numpy(obj: Any) -> Any:
 
 
 def _load_zip(path: Path) -> Any:
-    with zipfile.ZipFile(path) as zf:
+    with path.open("rb") as raw, zipfile.ZipFile(raw) as zf:
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("data.pkl")]
         if not pkl:
@@ -176,7 +178,7 @@ def _load_zip(path: Path) -> Any:
 
 
 def _load_legacy(path: Path) -> Any:
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         magic = pickle.load(f)
         if magic != _LEGACY_MAGIC:
             raise ValueError(f"{path}: not a torch checkpoint (bad magic number)")
@@ -220,13 +222,15 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     Returns:
       ``{"layer1.0.conv1.weight": array, ...}`` with torch's shapes (conv ``OIHW``).
     """
-    path = Path(path)
+    path = to_path(path)  # local or gs://
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         zip_magic = f.read(4) == b"PK\x03\x04"
+        f.seek(0)
+        is_zip = zipfile.is_zipfile(f)
     try:
-        if zipfile.is_zipfile(path):
+        if is_zip:
             obj = _load_zip(path)
         elif zip_magic:
             raise ValueError("a zip archive without its directory (truncated?)")

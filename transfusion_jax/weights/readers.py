@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from transfusion_jax.checkpoints import read_orbax_variables
+from transfusion_jax.paths import to_path
 from transfusion_jax.weights.merge import COLLECTIONS, flatten
 
 
@@ -25,25 +26,26 @@ def _require_file(path: Path) -> None:
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """Reads an ``.npz`` archive into ``{name: array}``."""
-    path = Path(path)
+    path = to_path(path)  # local or gs://
     _require_file(path)
-    with np.load(path, allow_pickle=False) as data:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Reads a ``.safetensors`` file into ``{name: array}`` (NumPy, no torch needed)."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
-    path = Path(path)
+    path = to_path(path)  # local or gs://
     _require_file(path)
-    return dict(load_file(str(path)))
+    return dict(load(path.read_bytes()))
 
 
 def save_npz(path: str | Path, variables: Mapping[str, Any]) -> None:
     """Writes Flax variables to ``.npz`` with keys ``<collection>/<module path>/<leaf>``."""
     flat = {k: np.asarray(v) for k, v in flatten(variables).items()}
-    np.savez(Path(path), **flat)
+    with to_path(path).open("wb") as f:
+        np.savez(f, **flat)
 
 
 def is_flax_flat(flat: Mapping[str, Any]) -> bool:

@@ -17,11 +17,13 @@ from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 from jax.sharding import Mesh
 
 from transfusion_jax import parallel
 from transfusion_jax.checkpoints import Checkpointer, abstract_like
 from transfusion_jax.data import train_dataset, train_iterator
+from transfusion_jax.paths import to_path
 from transfusion_jax.train.convergence import ConvergenceTracker
 from transfusion_jax.train.loop import _finish, _meta, _saved_results
 from transfusion_jax.train.resume import check_resume
@@ -58,7 +60,7 @@ class Member:
 
     name: str
     config: ml_collections.ConfigDict
-    workdir: Path
+    workdir: epath.Path
     setup: RunSetup
     ckpt: Checkpointer | None = None
     writer: MetricWriter | None = None
@@ -86,7 +88,7 @@ def prepare_member(name: str, config: ml_collections.ConfigDict, workdir: str | 
       ConfigError, DataError: as `transfusion_jax.train.loop.train_and_evaluate` does.
     """
     validate(config, num_data_shards)
-    return Member(name, config, Path(workdir).absolute(), build_run(config))
+    return Member(name, config, to_path(workdir), build_run(config))
 
 
 def check_member(member: Member) -> None:
@@ -138,6 +140,7 @@ def open_member(member: Member, mesh: Mesh, num_threads: int) -> None:
 def save(member: Member, step: int, state: TrainState, elapsed: float) -> None:
     """Checkpoints the run at ``step`` (``state`` is its own, replicated), as the single-run
     loop does: state, input position, config, convergence record, latest evaluations."""
+    member.writer.flush()  # a remote metrics.jsonl holds every line up to the checkpoint
     member.ckpt.save(step, state, member.iterator.get_state(),
                      _meta(member.config, step, member.tracker, member.last,
                            member.elapsed + elapsed))
@@ -146,6 +149,7 @@ def save(member: Member, step: int, state: TrainState, elapsed: float) -> None:
 def finish(member: Member, elapsed: float, examples_per_sec: float) -> dict[str, Any]:
     """Writes the run's summary and curves (`transfusion_jax.train.loop`'s); returns it."""
     rate = types.SimpleNamespace(examples_per_sec=examples_per_sec)
+    member.writer.flush()
     return _finish(member.config, member.workdir, member.tracker, member.last,
                    member.elapsed + elapsed, rate, member.ckpt)
 
