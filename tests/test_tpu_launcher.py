@@ -161,7 +161,9 @@ def test_run_survives_hangup_and_status_stop_see_it(worker, shell):
     script = tpu_vm.remote_run_script([sys.executable, "-c", PROBE, "x"]) + "sleep 60\n"
     session = subprocess.Popen([shell, "-c", script], env={**worker, "PROBE_SLEEP": "60"},
                                start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL,  # as sshd starts it: SIGHUP not
+                               # ignored, even when pytest itself runs under nohup
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     wait_for(home / "tfj_runs" / "run.pid")
     time.sleep(0.3)
     os.killpg(session.pid, signal.SIGHUP)  # what sshd sends its session when ssh drops

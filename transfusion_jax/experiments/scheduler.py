@@ -235,8 +235,9 @@ def run_sweep_jobs(config: ml_collections.ConfigDict, sweep_dir: Path,
                              group=config.sweep.vectorize is not False)
     later = [g for g in groups
              if not stages_done and any(_reads_stage(r, stage_dirs) for r in g)]
-    log.info("sweep: %d runs in %s; %d to train as %d job(s) (sweep.executor=%s), logs in %s",
-             len(runs), sweep_dir, sum(map(len, groups)), len(groups), config.sweep.executor,
+    log.info("sweep: %d runs in %s; %d to train as %d job(s)%s (sweep.executor=%s), logs in %s",
+             len(runs), sweep_dir, sum(map(len, groups)), len(groups),
+             "" if stages_done else ", after one job for the stages", config.sweep.executor,
              sweep_dir / JOBS_DIR)
     jobs: Jobs = {}
     for group in groups:

@@ -235,6 +235,10 @@ def commands(args: argparse.Namespace) -> list[list[str]]:
         return [ssh_argv(name, zone, remote_setup_script(args.repo, args.ref), project)]
     if args.subcommand == "run":
         upload = args.workdir if args.workdir.startswith("gs://") else None
+        if upload is None:
+            print(f"warning: workdir {args.workdir!r} is not gs://: each worker writes its own "
+                  "disk and the logs stay on the workers; a slice needs a gs:// workdir",
+                  file=sys.stderr)
         upload = upload and upload.rstrip("/") + "/logs"
         script = remote_run_script(job_command(args.config, args.workdir, args.flags),
                                    upload_log_to=upload)
