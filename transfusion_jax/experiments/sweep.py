@@ -138,10 +138,10 @@ def plan_runs(config: ml_collections.ConfigDict, runs: list[GridRun], sweep_dir:
         return [[r] for r in todo]
     groups = plan_groups(todo, lambda r: shared_settings(r.config),
                          config.sweep.max_group_size)
-    for group in groups:
-        if len(group) == 1 and len(todo) > 1:
-            log.info("sweep: %s trains alone: %s", group[0].name, why_alone(
-                group[0], todo, lambda a, b: differences(a.config, b.config),
+    for g in groups:
+        if len(g) == 1 and len(todo) > 1:
+            log.info("sweep: %s trains alone: %s", g[0].name, why_alone(
+                g[0], todo, lambda a, b: differences(a.config, b.config),
                 lambda r: r.name))
     return groups
 
