@@ -6,6 +6,7 @@ the sbatch file it would submit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,11 +100,20 @@ def _checkpoints(run_dir: Path) -> list[int]:
         if folder.is_dir() else []
 
 
-def _start_cli(workdir: Path, data_dir: str, config: str, *overrides: str):
-    out = open(workdir.parent / f"{workdir.name}.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(cli_args(workdir, data_dir, *overrides, config=config), cwd=ROOT,
-                            env=cli_env(1), stdout=out, stderr=subprocess.STDOUT, text=True)
-    return proc, out
+@contextlib.contextmanager
+def _cli_in_background(workdir: Path, data_dir: str, config: str, *overrides: str):
+    """The sweep command started in the background (output in ``WORKDIR.log`` beside it);
+    after the block, waits for it to end (killed if the block failed)."""
+    with open(workdir.parent / f"{workdir.name}.log", "w") as out:
+        proc = subprocess.Popen(cli_args(workdir, data_dir, *overrides, config=config),
+                                cwd=ROOT, env=cli_env(1), stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            yield proc
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_unknown_executor_is_one_error_line(data_dir, tmp_path):
@@ -179,19 +189,13 @@ def test_a_preempted_job_is_requeued_and_resumes_its_runs(data_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
     steps = 120
     config = _config_file(tmp_path, seeds=(0, 1), steps=steps) + ":long"
-    proc, out = _start_cli(sweep_dir, data_dir, config)
-    try:
+    with _cli_in_background(sweep_dir, data_dir, config) as proc:
         victim = sweep_dir / "runs" / "batch=b16,seed=0"
         cut = _wait_for(lambda: [s for s in _checkpoints(victim) if s > 0],
                         "the first checkpoint after step 0")[0]
         job = _job_training(sweep_dir, "batch=b16,seed=0")
         assert job is not None
         os.kill(_task_pid(job), signal.SIGUSR2)
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out.close()
     stderr = (tmp_path / "sweep.log").read_text()
     assert proc.returncode == 0, stderr[-3000:]
     log = (sweep_dir / "jobs" / f"{job}_0_log.err").read_text()
@@ -214,16 +218,10 @@ def test_a_crashed_job_is_reported_and_a_rerun_resubmits_it(data_dir, tmp_path):
     run, in a new job, and reports with every run finished."""
     sweep_dir = tmp_path / "sweep"
     config = _config_file(tmp_path, seeds=(0,))
-    proc, out = _start_cli(sweep_dir, data_dir, config)
-    try:
+    with _cli_in_background(sweep_dir, data_dir, config) as proc:
         job = _wait_for(lambda: _job_training(sweep_dir, "batch=b32,seed=0"),
                         "the job of batch=b32")
         os.kill(_task_pid(job), signal.SIGKILL)
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out.close()
     stderr = (tmp_path / "sweep.log").read_text()
     assert proc.returncode == 1, stderr[-3000:]
     error = stderr.strip().splitlines()[-1]
