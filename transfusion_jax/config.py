@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_examples = 0  # 0 = all; else a seeded subset (small-data regime)
     c.data.subset_seed = 0  # picks that subset; fixed across run seeds by default
     c.data.num_threads = 4
+    # Train splits whose images (uint8, at image_size) fit in this many MiB are read once
+    # and batched by gathering (no augmentation only; same batches): `data.in_memory`.
+    c.data.in_memory_mb = 512.0
     # Maps a dataset's raw labels to the task's: "" (as stored) | referable_dr (grades 0-4
     # -> grade >= 2) | chexpert5_uones | chexpert5_uzeros (5 pathologies, uncertain -> 1 / 0).
     c.data.label_transform = ""

@@ -20,6 +20,7 @@ import grain
 import jax
 import numpy as np
 
+from transfusion_jax.data import in_memory
 from transfusion_jax.data.errors import DataError
 from transfusion_jax.data.preprocess import make_augment, make_preprocess
 
@@ -38,6 +39,8 @@ class _Subset:
 
     def __init__(self, source: Any, indices: np.ndarray):
         self._source, self._indices = source, indices
+        key = getattr(source, "cache_key", None)
+        self.cache_key = None if key is None else (key, indices.tobytes())
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -70,9 +73,12 @@ def train_dataset(source: Any, data_config: Any, global_batch_size: int,
       "label": (b,) int or (b, k) float32}`` with ``b = global_batch_size / process_count``.
     """
     local, index, count = _process_layout(global_batch_size)
-    ds = grain.MapDataset.source(subset(source, data_config.train_examples,
-                                                 seed=data_config.subset_seed))
-    ds = ds.seed(seed).shuffle().repeat(None).map(make_preprocess(data_config))
+    preprocess = make_preprocess(data_config)  # checks the options on both paths
+    source = subset(source, data_config.train_examples, seed=data_config.subset_seed)
+    if in_memory.fits(source, data_config):
+        return in_memory.train_batches(source, data_config, local, seed)[index::count]
+    ds = grain.MapDataset.source(source)
+    ds = ds.seed(seed).shuffle().repeat(None).map(preprocess)
     if data_config.augment.crop_padding or data_config.augment.flip:
         ds = ds.random_map(make_augment(data_config), seed=seed + 2)
     return ds.batch(local, drop_remainder=True)[index::count]

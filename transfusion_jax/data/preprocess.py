@@ -83,11 +83,17 @@ def make_preprocess(data_config: Any) -> Callable[[dict[str, Any]], dict[str, np
                          f"{', '.join(NORMALIZATIONS)}")
 
     def preprocess(record: dict[str, Any]) -> dict[str, np.ndarray]:
-        image = to_channels(np.asarray(record["image"]), data_config.channels)
-        image = resize(image, data_config.image_size)
-        return {"image": normalize(image, data_config.normalize), "label": record["label"]}
+        return {"image": normalize(fixed_size(record["image"], data_config),
+                                   data_config.normalize),
+                "label": record["label"]}
 
     return preprocess
+
+
+def fixed_size(image: np.ndarray, data_config: Any) -> np.ndarray:
+    """The uint8 part of `make_preprocess`: ``data.channels`` channels, resized to
+    ``data.image_size``; ``(s, s, channels)``."""
+    return resize(to_channels(np.asarray(image), data_config.channels), data_config.image_size)
 
 
 def make_augment(data_config: Any) -> Callable[[dict[str, Any], np.random.Generator], dict]:

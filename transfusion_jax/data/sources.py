@@ -69,15 +69,17 @@ class _RecordSource:
     """Adapts a tfds data source to ``{"image", "label"}`` records with chosen keys.
 
     ``label_fn``, when given, maps each stored label to the task's label (a bound
-    `labels.LabelTransform`).
+    `labels.LabelTransform`). ``cache_key`` names what the records are (for
+    `in_memory.load`, which reads a split once per process).
     """
 
     def __init__(self, source: Any, image_key: str, label_key: str,
-                 label_fn: LabelFn | None = None):
+                 label_fn: LabelFn | None = None, cache_key: tuple | None = None):
         self._source = source
         self._image_key = image_key
         self._label_key = label_key
         self._label_fn = label_fn
+        self.cache_key = cache_key
 
     def __len__(self) -> int:
         return len(self._source)
@@ -235,7 +237,9 @@ def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: 
         num_classes, multi_label = transform.num_classes, transform.multi_label
         label_fn = transform.bind(_raw_label(builder, name, label_key))
     meta = DatasetMeta(name, num_classes, multi_label, len(source))
-    return _RecordSource(source, image_key, label_key, label_fn), meta
+    key = (str(builder.data_dir), split, image_key, label_key,
+           None if transform is None else transform.description)
+    return _RecordSource(source, image_key, label_key, label_fn, key), meta
 
 
 def open_source(data_config: Any, split: str) -> tuple[Any, DatasetMeta]:

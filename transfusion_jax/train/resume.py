@@ -9,7 +9,8 @@ it and the one that resumes it:
 - which examples are drawn and in which order: ``seed`` (the shuffle and the run's random
   numbers) and the ``data`` section (dataset, splits, the subset ``data.train_examples`` /
   ``data.subset_seed``, preprocessing, augmentation), except where the data lives
-  (``data.data_dir``) and how many threads read it (``data.num_threads``);
+  (``data.data_dir``) and how it is read (``data.num_threads``, ``data.in_memory_mb``:
+  both paths give the same batches);
 - what the saved state is: ``model`` and ``init`` (step 0 is the initialisation), the
   optimizer (``train.optimizer.name``), and which optional parts the optimizer chain has
   (gradient clipping, weight decay, per-parameter learning-rate rules), whose states are
@@ -34,7 +35,7 @@ from transfusion_jax.runs import CHECKPOINTS
 
 # Whole sections / keys that must match, and keys inside them that may change.
 RESUME_KEYS = ("seed", "model", "init", "data", "train.batch_size", "train.optimizer.name")
-MAY_CHANGE = ("data.data_dir", "data.num_threads")
+MAY_CHANGE = ("data.data_dir", "data.num_threads", "data.in_memory_mb")
 # Optional optimizer parts: resuming needs the same parts on (their states are saved).
 CHAIN_PARTS = {
     "train.grad_clip_norm": lambda t: bool(t.get("grad_clip_norm")),
