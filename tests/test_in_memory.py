@@ -78,3 +78,16 @@ def test_a_split_is_read_once_per_process(data_dir):
     assert labels.shape == (len(first),)
     c.channels = 3
     assert in_memory.load(again, c)[0].shape == (len(first), 8, 8, 3)
+
+
+def test_the_kept_splits_stay_within_the_limit(data_dir):
+    c = digits(data_dir)
+    src, _ = open_source(c, "train")
+    one = in_memory.load(src, c)[0]
+    c.channels = 3  # a second entry, three times the first
+    in_memory.load(src, c)
+    c.in_memory_mb = 4 * one.nbytes / 2 ** 20  # room for the newest, not with another
+    c.image_size = 9
+    in_memory.load(src, c)  # 3 x 81/64 of the first: the two older ones go
+    kept = [images.nbytes for images, _ in in_memory._CACHE.values()]
+    assert len(kept) == 1 and sum(kept) <= c.in_memory_mb * 2 ** 20

@@ -33,10 +33,10 @@ from transfusion_jax.data.preprocess import fixed_size, normalize
 
 log = logging.getLogger(__name__)
 
-# Loaded splits kept per process: (key, channels, size) -> (images, labels).
+# Loaded splits kept per process, newest last: (key, channels, size) -> (images, labels);
+# older ones are dropped while all together exceed ``data.in_memory_mb``.
 _CACHE: collections.OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = (
     collections.OrderedDict())
-_CACHE_ENTRIES = 4
 _LOCK = threading.Lock()
 
 
@@ -56,7 +56,8 @@ def load(source: Any, data_config: Any) -> tuple[np.ndarray, np.ndarray]:
     """Every example of ``source`` after channel conversion and resize.
 
     A source with a ``cache_key`` attribute (tfds splits and their subsets) is read once per
-    process for each (channels, image size); later calls return the same arrays.
+    process for each (channels, image size); later calls return the same arrays. The
+    splits kept take at most ``data.in_memory_mb`` together (the newest is always kept).
 
     Returns:
       ``(images, labels)``: uint8 ``(n, s, s, c)`` and ``(n,)`` int or ``(n, k)`` float32.
@@ -75,7 +76,8 @@ def load(source: Any, data_config: Any) -> tuple[np.ndarray, np.ndarray]:
     if key is not None:
         with _LOCK:
             _CACHE[key] = (images, labels)
-            while len(_CACHE) > _CACHE_ENTRIES:
+            limit = data_config.in_memory_mb * 2 ** 20
+            while len(_CACHE) > 1 and sum(i.nbytes for i, _ in _CACHE.values()) > limit:
                 _CACHE.popitem(last=False)
     return images, labels
 
