@@ -1,4 +1,4 @@
-"""Shared helpers of the training benchmarks: thread pinning, interleaved best-of timing,
+"""Shared helpers of the benchmarks: thread pinning, best-of timing (interleaved or not),
 the machine's matmul peak, what the machine was doing, and markdown tables."""
 
 from __future__ import annotations
@@ -27,6 +27,22 @@ def machine_state() -> dict[str, Any]:
     """Load averages (1, 5, 15 min) and CPU count: was anything else running?"""
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def first_and_best(fn: Callable[[], Any], repeats: int,
+                   sync: Callable[[Any], Any]) -> tuple[Any, float, float]:
+    """``(output, best, first)``: the last output of ``fn()``, the best seconds of
+    ``repeats`` calls after a first one, and that first call's seconds (compilation
+    included); ``sync(output)`` blocks until an output is computed."""
+    start = time.perf_counter()
+    out = sync(fn())
+    first = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = sync(fn())
+        best = min(best, time.perf_counter() - start)
+    return out, best, first
 
 
 def interleaved_best(contestants: dict[str, Callable[[], Any]], steps: int, rounds: int,

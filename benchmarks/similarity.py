@@ -79,6 +79,7 @@ from functools import partial  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_utils import first_and_best  # noqa: E402
 
 from transfusion_jax import similarity as sim  # noqa: E402
 from transfusion_jax.similarity import batched  # noqa: E402
@@ -152,16 +153,7 @@ def google_pwcca(x, y, epsilon=1e-10):
 # ------------------------------------------------------------------------- helpers
 
 
-def _timed(fn, repeats):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return out, best, first
+_timed = partial(first_and_best, sync=jax.block_until_ready)
 
 
 def _best_of(fn, repeats):

@@ -24,12 +24,14 @@ import argparse
 import json
 import os
 import sys
-import time
+from functools import partial
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench_utils import first_and_best  # noqa: E402
 
 from transfusion_jax import similarity as sim  # noqa: E402
 from transfusion_jax.similarity import resample, streaming  # noqa: E402
@@ -52,16 +54,7 @@ def batches(acts, size):
     return [[a[:, s:s + size] for a in acts] for s in range(0, n, size)]
 
 
-def timed(fn, repeats):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return out, best, first
+timed = partial(first_and_best, sync=jax.block_until_ready)
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def due_at(step: int, total: int, config: ml_collections.ConfigDict,
+           evaluators: Sequence[Any]) -> tuple[bool, list[Any], bool]:
+    """What step ``step`` of ``total`` does besides training: ``(log, the evaluators due,
+    checkpoint)``, each on its ``every_steps`` and all at the last step."""
+    last = step == total
+    return (step % config.log.every_steps == 0 or last,
+            [e for e in evaluators if step % e.every_steps == 0 or last],
+            step % config.checkpoint.every_steps == 0 or last)
 
 
 def _check_finite(losses: list[jax.Array], first_step: int, checkpoints: Path,
@@ -134,9 +145,7 @@ def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
         batch = parallel.make_global_batch(mesh, next(iterator))
         state, metrics, loss = train_step(state, metrics, batch)
         pending.append(loss)
-        do_log = step % config.log.every_steps == 0 or step == total
-        due = [e for e in evaluators if step % e.every_steps == 0 or step == total]
-        do_ckpt = step % config.checkpoint.every_steps == 0 or step == total
+        do_log, due, do_ckpt = due_at(step, total, config, evaluators)
         if not (do_log or due or do_ckpt):
             continue
         _check_finite(pending, step - len(pending) + 1, ckpt.directory, ckpt.latest_step())

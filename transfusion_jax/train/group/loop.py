@@ -48,7 +48,12 @@ from transfusion_jax.train.group.step import (
     stack_trees,
     take_run,
 )
-from transfusion_jax.train.loop import NonFiniteLossError, _check_finite, _record_eval
+from transfusion_jax.train.loop import (
+    NonFiniteLossError,
+    _check_finite,
+    _record_eval,
+    due_at,
+)
 from transfusion_jax.train.metrics import LossAccuracy
 from transfusion_jax.train.progress import Progress
 from transfusion_jax.train.setup import abstract_state
@@ -188,9 +193,7 @@ def _train(group: PreparedGroup) -> list[RunResult]:
                                                  parallel.make_run_batch(mesh, batch), tables,
                                                  started_dev, alive)
         pending.append(loss)
-        do_log = step % config.log.every_steps == 0 or step == total
-        due = [e for e in evaluators if step % e.every_steps == 0 or step == total]
-        do_ckpt = step % config.checkpoint.every_steps == 0 or step == total
+        do_log, due, do_ckpt = due_at(step, total, config, evaluators)
         if not (do_log or due or do_ckpt):
             continue
         _record_failures(members, pending, step, starts)
