@@ -33,6 +33,7 @@ from transfusion_jax.train.freeze import frozen_bn_modules
 from transfusion_jax.train.plots import plot_curves
 from transfusion_jax.train.progress import Progress
 from transfusion_jax.train.resume import check_resume
+from transfusion_jax.train.run_lock import RunLock
 from transfusion_jax.train.setup import abstract_state, build_run, initial_state, validate
 from transfusion_jax.train.step import empty_metrics, make_train_step
 from transfusion_jax.train.summary import write_summary
@@ -83,22 +84,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mesh = parallel.data_mesh()
     validate(config, parallel.num_data_shards(mesh))
     setup = build_run(config)
-    # Everything that can refuse the run is checked before its first file is written.
-    initial = initial_state(config, setup) if check_resume(config, workdir) is None else None
-    if parallel.is_writer():
-        workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
-                        keep_every=config.checkpoint.keep_every,
-                        async_save=config.checkpoint.async_save)
-    writer = MetricWriter(workdir, tensorboard=config.log.tensorboard)
+    lock = RunLock(workdir)  # no second process trains this workdir meanwhile
     try:
-        return _run(config, workdir, mesh, setup, ckpt, writer, initial)
+        lock.acquire()
+        # Everything that can refuse the run is checked before its first file is written.
+        initial = initial_state(config, setup) if check_resume(config, workdir) is None else None
+        if parallel.is_writer():
+            workdir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        ckpt = Checkpointer(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
+                            keep_every=config.checkpoint.keep_every,
+                            async_save=config.checkpoint.async_save)
+        writer = MetricWriter(workdir, tensorboard=config.log.tensorboard)
+        try:
+            return _run(config, workdir, mesh, setup, ckpt, writer, initial, lock)
+        finally:
+            ckpt.close()
+            writer.close()
     finally:
-        ckpt.close()
-        writer.close()
+        lock.release()
 
 
-def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
+def _run(config, workdir, mesh, setup, ckpt, writer, initial, lock) -> dict:
     total = config.train.steps
     replicated = parallel.replicated(mesh)
     tracker = ConvergenceTracker(config.convergence.metric, config.convergence.threshold,
@@ -118,6 +125,7 @@ def _run(config, workdir, mesh, setup, ckpt, writer, initial) -> dict:
         writer.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, ckpt.directory)
         initial_variables = ckpt.read_variables(0)
+    lock.announce()
     start = int(jax.device_get(state.step))
 
     train_step = make_train_step(setup.model, setup.tx, setup.loss_name,
