@@ -6,10 +6,10 @@ the sweep report (each trained model vs its own initialisation and vs the other 
 
 1. `stack_checkpoints` opens the runs (`transfusion_jax.runs`), checks that the checkpoints
    share one architecture and head, and stacks their variables on a leading ``(C,)`` axis;
-2. `checkpoint_similarity` maps each batch of the data through all of them in one vmapped,
-   jitted call (`activations`), streams the representations into the exact full-data
-   accumulators of `transfusion_jax.similarity.streaming`, and reads linear CKA off for the
-   requested pairs of items (and SVCCA for a subset).
+2. `checkpoint_similarity` maps each batch of the data through all of them in one jitted
+   call (`activations`; vmapped on GPU/TPU, `lax.map` on CPU), streams the representations
+   into the exact full-data accumulators of `transfusion_jax.similarity.streaming`, and
+   reads linear CKA off for the requested pairs of items (and SVCCA for a subset).
 
 Items are (checkpoint, layer) pairs numbered ``c * L + l``; pairs are ``(Q, 2)`` item
 indices. `same_layer_pairs`, `plot_pairs` and `all_pairs` build the usual sets.

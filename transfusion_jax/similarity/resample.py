@@ -109,7 +109,15 @@ class Replicates(NamedTuple):
 def _stacked(stats: streaming.StreamStats, count: int) -> streaming.StreamStats | None:
     if count == 0:
         return None
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (count, *a.shape)).copy(), stats)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (count, *a.shape)), stats)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _empty(shift: tuple, scale: tuple, *, spec: ResampleSpec) -> ResampleStats:
+    """Zero replicate stats, made in one compiled call (op by op, every leaf of the large
+    state was a separate compiled broadcast and copy)."""
+    base = streaming.empty(spec.stream, shift, scale)
+    return ResampleStats(_stacked(base, spec.bootstrap), _stacked(base, spec.null))
 
 
 def init(spec: ResampleSpec, first_batch: layout_lib.Activations, *,
@@ -123,8 +131,7 @@ def init(spec: ResampleSpec, first_batch: layout_lib.Activations, *,
     dtype = validation.compute_dtype(*jax.tree.leaves(first_batch))
     spec.stream.check_memory(dtype, spec.bootstrap + spec.null, limit=memory_limit,
                              what=f"{spec.bootstrap} bootstrap + {spec.null} null replicates")
-    base = streaming.empty(spec.stream, *streaming.reference(spec.stream, first_batch))
-    return ResampleStats(_stacked(base, spec.bootstrap), _stacked(base, spec.null))
+    return _empty(*streaming.reference(spec.stream, first_batch), spec=spec)
 
 
 def batch_draws(spec: ResampleSpec, batch_index: jax.Array | int, rows: int):

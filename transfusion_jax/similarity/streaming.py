@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
@@ -101,13 +102,9 @@ class StreamSpec:
         return cls(layout, pair_t, blocks, debiased)
 
     def buckets(self) -> dict:
-        """Blocks grouped by ``(group_i, group_j)``: list of ``(block index, li, lj)``."""
-        out: dict = {}
-        for k, (i, j) in enumerate(self.blocks):
-            gi, li = self.layout.locate(i)
-            gj, lj = self.layout.locate(j)
-            out.setdefault((gi, gj), []).append((k, li, lj))
-        return out
+        """Blocks grouped by ``(group_i, group_j)``: list of ``(block index, li, lj)``
+        (computed once per spec: every trace and read-out asks for it)."""
+        return _buckets(self)
 
     def block_index(self) -> dict:
         return {b: k for k, b in enumerate(self.blocks)}
@@ -141,6 +138,16 @@ class StreamSpec:
                    f"moments), and {UPDATE_PEAK_FACTOR:g}x that while a batch is added; widest "
                    "layers d = " + ", ".join(f"{w:,}" for w in widths))
         memory.check_fits(needed, what=what, formula=formula, remedies=REMEDIES, limit=limit)
+
+
+@functools.lru_cache(maxsize=16)
+def _buckets(spec: StreamSpec) -> dict:
+    located = [spec.layout.locate(i) for i in range(spec.layout.num_items)]
+    out: dict = {}
+    for k, (i, j) in enumerate(spec.blocks):
+        (gi, li), (gj, lj) = located[i], located[j]
+        out.setdefault((gi, gj), []).append((k, li, lj))
+    return out
 
 
 class StreamStats(NamedTuple):
@@ -180,7 +187,13 @@ def reference(spec: StreamSpec, first_batch: layout_lib.Activations) -> tuple[tu
     """
     first_batch = interop.accept_tree(first_batch)
     dtype = validation.compute_dtype(*jax.tree.leaves(first_batch))
-    groups = layout_lib.to_groups(first_batch, spec.layout, dtype)
+    return _reference(first_batch, layout=spec.layout, dtype=dtype)
+
+
+@partial(jax.jit, static_argnames=("layout", "dtype"))
+def _reference(first_batch, *, layout: layout_lib.ItemLayout, dtype) -> tuple[tuple, tuple]:
+    """`reference` as one compiled call (eagerly, each small op compiled on its own)."""
+    groups = layout_lib.to_groups(first_batch, layout, dtype)
     shift = tuple(jnp.mean(g, axis=1) for g in groups)
     scale = []
     for g, s in zip(groups, shift, strict=True):
@@ -228,7 +241,11 @@ def init(spec: StreamSpec, first_batch: layout_lib.Activations, *,
     first_batch = interop.accept_tree(first_batch)
     dtype = validation.compute_dtype(*jax.tree.leaves(first_batch))
     spec.check_memory(dtype, limit=memory_limit)
-    return empty(spec, *reference(spec, first_batch))
+    return _empty(spec, *reference(spec, first_batch))
+
+
+# `empty` as one compiled call: the state's zeros made where they live, not op by op.
+_empty = jax.jit(empty, static_argnums=(0,))
 
 
 def accumulate(stats: StreamStats, groups, weights: jax.Array | None, *,
