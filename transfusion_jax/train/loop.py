@@ -91,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         initial = initial_state(config, setup) if check_resume(config, workdir) is None else None
         if parallel.is_writer():
             workdir.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        lock.acquire()  # a fresh workdir: locked as soon as it exists
         ckpt = Checkpointer(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
                             keep_every=config.checkpoint.keep_every,
                             async_save=config.checkpoint.async_save)
