@@ -56,7 +56,6 @@ from transfusion_jax.train.loop import (
 )
 from transfusion_jax.train.metrics import LossAccuracy
 from transfusion_jax.train.progress import Progress
-from transfusion_jax.train.run_lock import RunLock
 from transfusion_jax.train.setup import abstract_state
 
 log = logging.getLogger(__name__)
@@ -131,25 +130,15 @@ def train_group(group: PreparedGroup) -> list[RunResult]:
       or the error that stopped it (a non-finite loss).
     """
     threads = max(1, group.members[0].config.data.num_threads // len(group.members))
-    locks = [RunLock(member.workdir) for member in group.members]
     try:
-        for member, lock in zip(group.members, locks, strict=True):
-            lock.acquire()  # no second process trains a run meanwhile
-            check_member(member)  # every run checked before any run's first file
-        try:
-            for member, lock in zip(group.members, locks, strict=True):
-                if parallel.is_writer():
-                    member.workdir.mkdir(parents=True, exist_ok=True)
-                lock.acquire()
-                open_member(member, group.mesh, threads)
-                lock.announce()
-            return _train(group)
-        finally:
-            for member in group.members:
-                close(member)
+        for member in group.members:  # every run locked and checked before any run's file
+            check_member(member)
+        for member in group.members:
+            open_member(member, group.mesh, threads)
+        return _train(group)
     finally:
-        for lock in locks:
-            lock.release()
+        for member in group.members:
+            close(member)
 
 
 def _train(group: PreparedGroup) -> list[RunResult]:

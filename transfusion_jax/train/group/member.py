@@ -27,6 +27,7 @@ from transfusion_jax.paths import to_path
 from transfusion_jax.train.convergence import ConvergenceTracker
 from transfusion_jax.train.loop import _finish, _meta, _saved_results
 from transfusion_jax.train.resume import check_resume
+from transfusion_jax.train.run_lock import RunLock
 from transfusion_jax.train.setup import (
     RunSetup,
     abstract_state,
@@ -47,6 +48,7 @@ class Member:
       config: its full training config.
       workdir: its workdir (absolute).
       setup: its `RunSetup` (data sources, model, optimizer).
+      lock: its workdir's `RunLock`, held from `check_member` to `close`.
       ckpt, writer: its checkpointer and metric writer (set by `open_member`).
       tracker: its convergence record.
       last: its evaluators' latest results, by evaluator name.
@@ -62,6 +64,7 @@ class Member:
     config: ml_collections.ConfigDict
     workdir: epath.Path
     setup: RunSetup
+    lock: RunLock
     ckpt: Checkpointer | None = None
     writer: MetricWriter | None = None
     tracker: ConvergenceTracker | None = None
@@ -88,18 +91,22 @@ def prepare_member(name: str, config: ml_collections.ConfigDict, workdir: str | 
       ConfigError, DataError: as `transfusion_jax.train.loop.train_and_evaluate` does.
     """
     validate(config, num_data_shards)
-    return Member(name, config, to_path(workdir), build_run(config))
+    path = to_path(workdir)
+    return Member(name, config, path, build_run(config), RunLock(path))
 
 
 def check_member(member: Member) -> None:
     """What a run trained alone checks before its first file is written: that its config
     may resume the run saved in its workdir (`transfusion_jax.train.resume`), or else that
     its initialisation can be built (its source read and checked,
-    `transfusion_jax.train.sources`); the step-0 state is kept. Writes nothing.
+    `transfusion_jax.train.sources`); the step-0 state is kept. An existing workdir is locked
+    first (`RunLock`: no other process trains it meanwhile). Writes nothing.
 
     Raises:
-      ConfigError, CheckpointError: as `transfusion_jax.train.loop.train_and_evaluate`.
+      ConfigError, CheckpointError: as `transfusion_jax.train.loop.train_and_evaluate`
+        (`WorkdirBusyError` when another process trains the run).
     """
+    member.lock.acquire()
     if check_resume(member.config, member.workdir) is None:
         member.state = jax.device_get(initial_state(member.config, member.setup))
 
@@ -111,6 +118,7 @@ def open_member(member: Member, mesh: Mesh, num_threads: int) -> None:
     config, setup = member.config, member.setup
     if parallel.is_writer():
         member.workdir.mkdir(parents=True, exist_ok=True)
+    member.lock.acquire()  # a fresh workdir: locked as soon as it exists
     member.ckpt = Checkpointer(member.workdir / "checkpoints",
                                keep_last=config.checkpoint.keep_last,
                                keep_every=config.checkpoint.keep_every,
@@ -132,6 +140,7 @@ def open_member(member: Member, mesh: Mesh, num_threads: int) -> None:
         member.last, member.elapsed = _saved_results(saved), saved["elapsed_s"]
         member.writer.truncate_after(latest)
         member.initial_variables = member.ckpt.read_variables(0)
+    member.lock.announce()
     dataset = train_dataset(setup.train_source, config.data, config.train.batch_size,
                             config.seed)
     member.iterator = train_iterator(dataset, num_threads, member.data_state)
@@ -155,8 +164,11 @@ def finish(member: Member, elapsed: float, examples_per_sec: float) -> dict[str,
 
 
 def close(member: Member) -> None:
-    """Awaits the run's pending checkpoint saves and closes its files."""
-    if member.ckpt is not None:
-        member.ckpt.close()
-    if member.writer is not None:
-        member.writer.close()
+    """Awaits the run's pending checkpoint saves, closes its files, drops its lock."""
+    try:
+        if member.ckpt is not None:
+            member.ckpt.close()
+        if member.writer is not None:
+            member.writer.close()
+    finally:
+        member.lock.release()
