@@ -22,9 +22,11 @@ Google's client libraries read it); it needs no credentials, so none are looked 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +134,22 @@ def write_bytes(path: PathLike, data: bytes) -> epath.Path:
     if is_remote(target):
         target.write_bytes(data)
         return target
+    with replaced_atomically(Path(target)) as tmp:
+        tmp.write_bytes(data)
+    return target
+
+
+@contextlib.contextmanager
+def replaced_atomically(target: Path) -> Iterator[Path]:
+    """A temporary path in ``target``'s folder to write; renamed over the local ``target``
+    when the block ends (atomic on POSIX: readers see the old file or the new one, never a
+    part), removed if the block raises."""
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
-        tmp.write_bytes(data)
+        yield tmp
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
+        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: PathLike, text: str) -> epath.Path:

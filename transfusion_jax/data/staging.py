@@ -13,12 +13,11 @@ side never read a half-written one.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 from etils import epath
 
-from transfusion_jax.paths import to_path
+from transfusion_jax.paths import replaced_atomically, to_path, write_bytes
 
 CACHE_ENV = "TFJ_DATA_CACHE"
 
@@ -46,16 +45,12 @@ def _files(folder: epath.Path) -> list[epath.Path]:
 
 
 def _copy(source: epath.Path, target: Path) -> None:
-    """Copies ``source`` to ``target`` through a temporary name in its folder."""
+    """Copies ``source`` to ``target`` in 16 MiB chunks, through a temporary name in its
+    folder (`paths.replaced_atomically`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with source.open("rb") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replaced_atomically(target) as tmp, source.open("rb") as src, open(tmp, "wb") as dst:
+        while chunk := src.read(1 << 24):
+            dst.write(chunk)
 
 
 def stage(remote_folder: str | os.PathLike, remote_root: str | os.PathLike) -> Path:
@@ -78,6 +73,4 @@ def upload(local_folder: str | os.PathLike, remote_folder: str | os.PathLike) ->
     remote = to_path(remote_folder)
     for path in sorted(local.rglob("*")):
         if path.is_file():
-            target = remote / str(path.relative_to(local))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
+            write_bytes(remote / str(path.relative_to(local)), path.read_bytes())
