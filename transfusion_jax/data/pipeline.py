@@ -8,7 +8,8 @@ run gives the same global batches on any number of processes. The iterator's sta
 (``{"next_index": k}``) is saved with each checkpoint and restored on resume.
 
 A training split that fits in ``data.in_memory_mb`` and is not augmented is held in memory
-and batched by gathering (`in_memory`): the same batches, 11-14x faster to produce.
+and batched by gathering (`in_memory`): the same batches, about 13x faster to produce
+(one reader thread, `benchmarks/in_memory_batches.py`).
 
 Eval batches cover the split exactly once, padded to whole global batches with a ``mask``.
 """
