@@ -1,4 +1,5 @@
-"""In-memory train batches: bit-identical to the per-example grain pipeline's, resumable."""
+"""In-memory train and eval batches: bit-identical to the per-example grain pipeline's;
+train batches resumable."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from tests.test_pipeline import digits
 from transfusion_jax.data import in_memory, open_source, train_dataset, train_iterator
-from transfusion_jax.data.pipeline import subset
+from transfusion_jax.data.pipeline import eval_batches, first_examples, subset
 
 
 def both_paths(data_dir, batch, seed, **kw):
@@ -33,6 +34,28 @@ def test_batches_equal_the_per_example_pipeline(data_dir, kw):
         assert a["image"].dtype == b["image"].dtype == np.float32
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
+
+
+@pytest.mark.parametrize("kw", [{}, {"image_size": 12, "channels": 3, "normalize": "imagenet"}])
+def test_eval_batches_and_first_examples_equal_the_per_example_pipeline(data_dir, kw):
+    fast, slow = digits(data_dir, **kw), digits(data_dir, in_memory_mb=0, **kw)
+    src, _ = open_source(fast, "test")
+    assert in_memory.fits(src, fast, training=False) and len(src) % 64  # padded last batch
+    flipped = digits(data_dir, augment={"crop_padding": 0, "flip": True}, **kw)
+    assert in_memory.fits(src, flipped, training=False)  # evaluation is never augmented
+    a, b = list(eval_batches(src, fast, 64)), list(eval_batches(src, slow, 64))
+    assert len(a) == len(b) == -(-len(src) // 64)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys() == {"image", "label", "mask"}
+        for key in x:
+            assert x[key].dtype == y[key].dtype and x[key].shape == y[key].shape, key
+            np.testing.assert_array_equal(x[key], y[key])
+    assert a[-1]["mask"].sum() == len(src) % 64
+    for n in (1, 100):
+        x, y = first_examples(src, fast, n), first_examples(src, slow, n)
+        for key in ("image", "label"):
+            assert x[key].dtype == y[key].dtype and x[key].shape[0] == n
+            np.testing.assert_array_equal(x[key], y[key])
 
 
 def test_iterator_and_its_state_equal_the_per_example_pipeline(data_dir):

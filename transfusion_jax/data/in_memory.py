@@ -24,6 +24,7 @@ import collections
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -40,13 +41,13 @@ _CACHE: collections.OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = (
 _LOCK = threading.Lock()
 
 
-def fits(source: Any, data_config: Any) -> bool:
-    """Whether ``source``'s images at the training size fit in ``data.in_memory_mb`` and
-    training uses no random augmentation (whose per-example seeds only the per-example
-    pipeline reproduces)."""
+def fits(source: Any, data_config: Any, *, training: bool = True) -> bool:
+    """Whether ``source``'s images at the training size fit in ``data.in_memory_mb`` and,
+    for ``training``, training uses no random augmentation (whose per-example seeds only the
+    per-example pipeline reproduces; evaluation is never augmented)."""
     limit_mb = data_config.get("in_memory_mb", 0)
     augment = data_config.augment
-    if not limit_mb or augment.crop_padding or augment.flip:
+    if not limit_mb or (training and (augment.crop_padding or augment.flip)):
         return False
     size = len(source) * data_config.image_size ** 2 * data_config.channels
     return size <= limit_mb * 2 ** 20
@@ -64,17 +65,16 @@ def load(source: Any, data_config: Any) -> tuple[np.ndarray, np.ndarray]:
     """
     key = getattr(source, "cache_key", None)
     key = None if key is None else (key, data_config.channels, data_config.image_size)
-    with _LOCK:
+    with _LOCK:  # held while reading, so runs training side by side read a split once
         if key is not None and key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    records = [source[i] for i in range(len(source))]
-    images = np.stack([fixed_size(r["image"], data_config) for r in records])
-    labels = np.stack([np.asarray(r["label"]) for r in records])
-    log.info("holding %d training images in memory (%.1f MB)", len(images),
-             images.nbytes / 2 ** 20)
-    if key is not None:
-        with _LOCK:
+        records = [source[i] for i in range(len(source))]
+        images = np.stack([fixed_size(r["image"], data_config) for r in records])
+        labels = np.stack([np.asarray(r["label"]) for r in records])
+        log.info("holding %d training images in memory (%.1f MB)", len(images),
+                 images.nbytes / 2 ** 20)
+        if key is not None:
             _CACHE[key] = (images, labels)
             limit = data_config.in_memory_mb * 2 ** 20
             while len(_CACHE) > 1 and sum(i.nbytes for i, _ in _CACHE.values()) > limit:
@@ -149,3 +149,33 @@ def train_batches(source: Any, data_config: Any, local_batch_size: int,
     images, labels = load(source, data_config)
     return grain.MapDataset.source(ShuffledBatches(images, labels, local_batch_size, seed,
                                                    data_config.normalize))
+
+
+def eval_batches(source: Any, data_config: Any, local_batch_size: int, index: int,
+                 count: int) -> Iterator[dict[str, np.ndarray]]:
+    """The in-memory counterpart of `pipeline.eval_batches`: local batches ``index``,
+    ``index + count``, ... of the split in order, padded to whole global batches (padding
+    rows all zeros, ``mask`` 0), bit-identical to the per-example pipeline's.
+
+    Yields:
+      ``{"image": float32 (b, s, s, c), "label": ..., "mask": float32 (b,)}``.
+    """
+    images, labels = load(source, data_config)
+    n, global_batch = len(images), local_batch_size * count
+    total = -(-n // global_batch) * global_batch
+    for k in range(index, total // local_batch_size, count):
+        positions = k * local_batch_size + np.arange(local_batch_size)
+        real = positions < n
+        rows = np.minimum(positions, n - 1)
+        image = normalize(images[rows], data_config.normalize)
+        label = labels[rows].copy()
+        image[~real], label[~real] = 0, 0
+        yield {"image": image, "label": label, "mask": real.astype(np.float32)}
+
+
+def first_examples(source: Any, data_config: Any, num_examples: int) -> dict[str, np.ndarray]:
+    """The in-memory counterpart of `pipeline.first_examples`: ``{"image": float32
+    (num_examples, s, s, c), "label": ...}``."""
+    images, labels = load(source, data_config)
+    return {"image": normalize(images[:num_examples], data_config.normalize),
+            "label": labels[:num_examples].copy()}
