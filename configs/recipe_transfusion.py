@@ -10,8 +10,8 @@ CBR-Tiny on scikit-learn's digits (``quick``, ``digits``) or on Fashion-MNIST (d
 Debian ``dataset-fashion-mnist`` package). Then the same architecture is trained on the
 *target* task, MNIST-5k (4,000 training images), from each initialisation, over seeds; the
 runs of a study differ only in init and seed, so on a GPU or TPU they train together as one
-compiled program (``sweep.vectorize``'s default ``auto``; on a CPU one after another, which is
-faster there):
+compiled program (``sweep.vectorize``'s default ``auto``; on a CPU side by side, one per
+core, which is faster there):
 
 - ``quick``: random, pretrained, mean_var; seeds 0-7 (24 runs); 100 steps of 32 images;
   test accuracy every 5 steps; threshold 95%. Budgeted for 10 minutes on 2 CPU cores

@@ -60,10 +60,13 @@ def smoke_config(data_dir: str, **overrides):
     return apply_overrides(config, overrides)
 
 
-def cli_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    """Environment for a CLI subprocess with ``devices`` CPU devices."""
+def cli_env(devices: int | None = 1, **extra: str) -> dict[str, str]:
+    """Environment for a CLI subprocess with ``devices`` CPU devices (None: as many as the
+    program asks for, as a user's command gets)."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.pop("XLA_FLAGS", None)
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["TFJ_COMPILATION_CACHE"] = str(CACHE)
     env.update(extra)
@@ -77,7 +80,7 @@ def cli_args(workdir: Path | str, data_dir: str, *overrides: str,
             "--config.log.tensorboard=False", *overrides]
 
 
-def run_cli(workdir, data_dir, *overrides, devices: int = 1, timeout: int = 300,
+def run_cli(workdir, data_dir, *overrides, devices: int | None = 1, timeout: int = 300,
             config: str = "configs/quickstart.py:smoke", **env) -> subprocess.CompletedProcess:
     """Runs the CLI to completion and returns the finished process (output captured)."""
     return subprocess.run(cli_args(workdir, data_dir, *overrides, config=config), cwd=ROOT,

@@ -65,10 +65,13 @@ def setup_logging() -> None:
     quiet_reported_library_errors()
 
 
-def setup_jax() -> None:
+def setup_jax(cpu_run_slots: int = 0) -> None:
     """The persistent compilation cache (``TFJ_COMPILATION_CACHE``, default
     ``~/.cache/tfj_jax``; empty = none), `jax.distributed` for multi-process runs, then the
     job's first log line: the backend and the devices (`accelerator.describe_devices`).
+
+    ``cpu_run_slots``: on a CPU, that many runs may train side by side, one per CPU device
+    (`parallel.add_cpu_run_slots`; a sweep's ``sweep.vectorize=auto``).
 
     Raises:
       AcceleratorError: ``TFJ_EXPECT_ACCELERATOR=1`` and JAX found only the CPU (also when
@@ -83,6 +86,7 @@ def setup_jax() -> None:
         jax.config.update("jax_compilation_cache_dir", cache)
     try:
         parallel.initialize_distributed()
+        parallel.add_cpu_run_slots(cpu_run_slots)
     except Exception:
         accelerator.require_accelerator()  # a CPU-only JAX sees no TPU slice: say that
         raise

@@ -27,11 +27,17 @@ Folders may be local or ``gs://`` (`transfusion_jax.paths`): Orbax writes a GCS 
 through tensorstore's own GCS driver, every process its own shards, and marks a finished
 step with a ``commit_success.txt`` file instead of renaming a temporary folder (GCS has no
 atomic rename); a step folder without it is unfinished and never read.
+
+Runs trained side by side in one process's threads (a sweep on CPU run slots,
+`parallel.cpu_run_slots`) save one at a time, each save finished before the next starts:
+Orbax names the signals of an asynchronous save by one process-wide operation counter, so
+two managers saving at once from two threads wait on each other's keys and time out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,10 +46,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from transfusion_jax import parallel
 from transfusion_jax.checkpoint_errors import CheckpointError, restore_failed, save_failed
 from transfusion_jax.paths import is_remote, to_path
 
 ITEMS = ("state", "data", "meta")
+_ORBAX = threading.RLock()  # one Orbax save or restore at a time in a process (see above)
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
 
 
@@ -68,8 +76,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy.AnyPreservationPolicy(keep), create=True,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=ITEMS)
+        with _ORBAX:
+            self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                  item_names=ITEMS)
         self._pending: int | None = None  # the newest step handed to Orbax
         self._failed = False  # a save failed (and was raised): close() does not raise again
 
@@ -89,11 +98,13 @@ class Checkpointer:
           CheckpointError: a save failed for a reason the user fixes (a full disk, ...);
             the message names the step and the newest complete checkpoint.
         """
-        with self._saving(step):
+        with self._saving(step), _ORBAX:
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=ocp.args.JsonSave(data_state),
                 meta=ocp.args.JsonSave(meta)), force=True)
+            if parallel.cpu_run_slots():  # other threads may save next: finish this one now
+                self._manager.wait_until_finished()
         self._pending = step
 
     @contextlib.contextmanager
@@ -120,10 +131,11 @@ class Checkpointer:
           CheckpointError: the step cannot be read (damaged); names the step before it.
         """
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore()))
+            with _ORBAX:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                    meta=ocp.args.JsonRestore()))
         except Exception as e:
             raise restore_failed(self.directory, step, self.all_steps(), e) from e
         return restored["state"], restored["data"], restored["meta"]
@@ -131,8 +143,9 @@ class Checkpointer:
     def restore_meta(self, step: int) -> dict[str, Any]:
         """Only the metadata of ``step`` (config, metrics), cheap."""
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
+            with _ORBAX:
+                return self._manager.restore(step, args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:
             raise restore_failed(self.directory, step, self.all_steps(), e) from e
 
@@ -142,7 +155,7 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are finalised."""
-        with self._saving(None):
+        with self._saving(None), _ORBAX:
             self._manager.wait_until_finished()
 
     def close(self) -> None:
@@ -150,7 +163,8 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            self._manager.close()
+            with _ORBAX:
+                self._manager.close()
 
 
 def _finalised_steps(directory: Path) -> list[int]:

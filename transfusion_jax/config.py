@@ -152,10 +152,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.sweep.stages = ()  # ((name, "configs/x.py:arg"), ...): trained first, in order
     # Train runs that differ only in seed, init and learning-rate schedule together, as one
     # compiled program over a leading run axis (transfusion_jax.train.group); False = one
-    # after another; "auto" = together on GPU/TPU, one after another on CPU (faster there).
+    # after another; "auto" = together on GPU/TPU, and on a CPU side by side, each run its
+    # own single-run program on a CPU device of its own, cpu_side_by_side at a time (0 = one
+    # per core this process may use), the faster way there (experiments/sweep.py).
     # max_group_size caps how many train together (0 = no cap). Untyped, so that a wrong
     # value reaches the sweep's own check, whose message names the fallback.
     c.sweep.vectorize = ml_collections.FieldReference("auto", field_type=object)
+    c.sweep.cpu_side_by_side = 0
     c.sweep.max_group_size = 0
     c.sweep.num_shards = 1  # inline only: process i trains runs[i::num_shards] (GPUS=)
     c.sweep.shard_index = 0

@@ -58,7 +58,12 @@ def run_job(config, workdir: str) -> None:
     from transfusion_jax.config import check_choice
 
     check_choice("job", config.job, JOBS)
-    setup_jax()
+    if config.job == "sweep":
+        from transfusion_jax.experiments.sweep import wanted_cpu_run_slots
+
+        setup_jax(wanted_cpu_run_slots(config))
+    else:
+        setup_jax()
     JOBS[config.job](config, workdir)
 
 

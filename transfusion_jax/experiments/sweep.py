@@ -14,9 +14,10 @@ Layout of the sweep's workdir::
 Runs that differ only in seed, init and learning-rate schedule train together as one
 compiled program (``sweep.vectorize``; `transfusion_jax.train.group`, groups from
 `grouping`); a run that shares its settings with no other trains alone, with a log line saying
-why. The default, ``"auto"``, groups runs on GPUs and TPUs and trains them one after another
-on a CPU, where one run already keeps every core busy and the stacked step is slower than a
-single run's (README, "Runs trained together"). Re-running the command skips finished runs
+why. The default, ``"auto"``, groups runs on GPUs and TPUs; on a CPU, where the stacked step
+is slower than a single run's, it trains the runs side by side, one per core, each the
+single-run program on a CPU device of its own (`side_by_side`, ``sweep.cpu_side_by_side``;
+README, "Runs trained together"). Re-running the command skips finished runs
 (their ``sweep_run.json`` says so and their config is unchanged) and resumes runs that were
 cut off from their last checkpoint. A run whose loss becomes NaN is recorded as failed and
 the sweep goes on.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ from transfusion_jax.experiments.grid import (
     stage_configs,
 )
 from transfusion_jax.experiments.grouping import plan_groups, why_alone
+from transfusion_jax.experiments.side_by_side import train_side_by_side
 from transfusion_jax.paths import to_path, write_text
 from transfusion_jax.train.group.loop import PreparedGroup, prepare_group, train_group
 from transfusion_jax.train.group.rules import differences, shared_settings
@@ -81,7 +84,8 @@ def write_status(run_dir: Path, **status: Any) -> None:
 
 
 # How runs are trained, not what they are: changing these does not make a finished run stale.
-HOW_KEYS = ("vectorize", "max_group_size", "num_shards", "shard_index", "executor", "slurm")
+HOW_KEYS = ("vectorize", "cpu_side_by_side", "max_group_size", "num_shards", "shard_index",
+            "executor", "slurm")
 
 
 def _what(config: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +135,7 @@ def plan_runs(config: ml_collections.ConfigDict, runs: list[GridRun], sweep_dir:
     todo = [r for r in runs if not _finished(r.name, r.config, run_dir(sweep_dir, r))]
     setting = config.sweep.vectorize
     if not (vectorizes(setting) if group is None else group):
-        if setting == AUTO and len(todo) > 1:
+        if setting == AUTO and len(todo) > 1 and len(parallel.cpu_run_slots()) < 2:
             log.info("sweep: sweep.vectorize=auto trains the %d runs one after another on %s "
                      "(groups pay off on GPU/TPU; sweep.vectorize=True groups them here)",
                      len(todo), jax.default_backend().upper())
@@ -173,10 +177,11 @@ AUTO = "auto"
 def vectorizes(setting: bool | str, backend: str | None = None) -> bool:
     """Whether ``sweep.vectorize`` groups runs on ``backend`` (default: JAX's default).
 
-    ``True``/``False`` as given; ``"auto"`` is True on GPU and TPU and False on CPU. On CPU
-    (2 cores, the default study) 8 stacked runs trained at 483 examples/s against 805 for one
-    run at a time, and the study took 12 min 53 s together against 9 min 28 s one after
-    another on one core (README, "Runs trained together").
+    ``True``/``False`` as given; ``"auto"`` is True on GPU and TPU and False on CPU, where
+    the runs train side by side instead (`side_by_side`). On CPU (2 cores, the default
+    study) 8 stacked runs trained at 483 examples/s against 805 for one run at a time, and
+    the study took 12 min 53 s together against 9 min 28 s one after another on one core
+    (README, "Runs trained together").
     """
     if setting == AUTO:
         return (backend or jax.default_backend()) != "cpu"
@@ -252,6 +257,7 @@ def _check_sweep(config: ml_collections.ConfigDict) -> None:
                           "that differ only in seed, init and schedule train together) or "
                           "False (one run after another, the fallback)")
     check_positive("sweep.max_group_size", s.max_group_size, allow_zero=True)
+    check_positive("sweep.cpu_side_by_side", s.cpu_side_by_side, allow_zero=True)
 
 
 def _validate_all(config: ml_collections.ConfigDict, sweep_dir: Path,
@@ -268,10 +274,32 @@ def _validate_all(config: ml_collections.ConfigDict, sweep_dir: Path,
             raise ConfigError(f"sweep {name}: {e}") from e
 
 
+def wanted_cpu_run_slots(config: ml_collections.ConfigDict) -> int:
+    """How many runs a sweep command trains side by side if JAX's backend is the CPU
+    (`side_by_side`): ``sweep.cpu_side_by_side``, 0 meaning one per core this process may
+    use, under ``sweep.vectorize=auto`` and the ``inline`` executor; otherwise 0."""
+    s = config.sweep
+    check_positive("sweep.cpu_side_by_side", s.cpu_side_by_side, allow_zero=True)
+    if s.vectorize != AUTO or s.executor != "inline":
+        return 0
+    if s.cpu_side_by_side:
+        return int(s.cpu_side_by_side)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
 def _train_plan(plan: list[tuple[list[GridRun], PreparedGroup | None]],
                 sweep_dir: Path) -> dict[str, str]:
     """Trains each part of a `_plan` in order; returns each run's final status."""
     statuses: dict[str, str] = {}
+    slots = parallel.cpu_run_slots()
+    if len(slots) > 1 and len(plan) > 1 and all(p is None for _, p in plan):
+        runs = [group[0] for group, _ in plan]
+        return train_side_by_side(
+            [r.name for r in runs],
+            lambda i: _train_once(runs[i].name, runs[i].axes, runs[i].seed, runs[i].config,
+                                  run_dir(sweep_dir, runs[i])),
+            slots[:len(runs)])
     start = time.perf_counter()
     for i, (group, prepared) in enumerate(plan):
         eta = ""

@@ -227,7 +227,7 @@ def _linear_cka_matrix(groups, *, layout, debiased, form, block, mesh, per_item)
 
 
 def _default_mesh():
-    return parallel.data_mesh() if jax.device_count() > 1 else None
+    return parallel.data_mesh() if len(parallel.default_devices()) > 1 else None
 
 
 @full_precision
