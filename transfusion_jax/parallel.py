@@ -81,8 +81,9 @@ def add_cpu_run_slots(count: int) -> int:
 
     XLA:CPU runs one program at a time per device, and one small model's step keeps a
     second core only partly busy (quickstart model, batch 32: 854 examples/s on 2 cores,
-    653 on 1), so two runs on two CPU devices train faster together than one after another
-    (1,268 examples/s). This asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``);
+    653 pinned to 1), so runs on two CPU devices train faster at once than one after
+    another (8 runs: 1,300 examples/s against 923, `benchmarks/grid_throughput.py`). This
+    asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``);
     `default_devices` keeps every mesh on the first of them unless a thread runs
     `on_device`, so a run trains on one device as it would without slots.
 
