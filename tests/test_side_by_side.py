@@ -4,10 +4,12 @@ one device; Orbax saves from several threads at once all land."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import numpy as np
@@ -95,6 +97,24 @@ def test_orbax_saves_from_threads_side_by_side_all_land(tmp_path):
     """)
     for i in range(2):
         assert kept_steps(tmp_path / f"run{i}") == list(range(8))
+
+
+def test_threads_opening_one_shipped_dataset_on_an_empty_folder_all_succeed(tmp_path):
+    """Runs side by side on a fresh data folder prepare the dataset at the same moment; tfds
+    renames its temporary folder into place, so a second preparation used to fail."""
+    from tests.test_pipeline import digits
+    from transfusion_jax.data import open_source
+
+    config = digits(str(tmp_path))
+    barrier = threading.Barrier(3)
+
+    def open_it():
+        barrier.wait()
+        return len(open_source(config, "train")[0])
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        sizes = list(pool.map(lambda _: open_it(), range(3)))
+    assert sizes == [1437] * 3
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Train batches gathered from a split held in memory: the same batches, without a per-example
-pipeline.
+"""Train and eval batches gathered from a split held in memory: the same batches, without a
+per-example pipeline.
 
 The per-example train pipeline (`pipeline.train_dataset`) reads, decodes and preprocesses
 every example through grain one at a time: about 300 us per 28x28 MNIST image on one core
@@ -15,7 +15,9 @@ deterministic part of `preprocess.make_preprocess` (channels and resize), and bu
 ``k`` as one gather of the indices that grain's ``seed(seed).shuffle().repeat(None)
 .batch(b)`` would have read, then one normalisation. The batches are bit-identical to the
 per-example pipeline's (tests/test_in_memory.py), so results, checkpoints and iterator states
-do not depend on which path ran.
+do not depend on which path ran. An eval split that fits is held the same way
+(`eval_batches`, `first_examples`: the per-example pipeline's padded batches and first
+examples, read once per process instead of at every evaluation).
 """
 
 from __future__ import annotations
@@ -72,8 +74,7 @@ def load(source: Any, data_config: Any) -> tuple[np.ndarray, np.ndarray]:
         records = [source[i] for i in range(len(source))]
         images = np.stack([fixed_size(r["image"], data_config) for r in records])
         labels = np.stack([np.asarray(r["label"]) for r in records])
-        log.info("holding %d training images in memory (%.1f MB)", len(images),
-                 images.nbytes / 2 ** 20)
+        log.info("holding %d images in memory (%.1f MB)", len(images), images.nbytes / 2 ** 20)
         if key is not None:
             _CACHE[key] = (images, labels)
             limit = data_config.in_memory_mb * 2 ** 20

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -196,25 +197,38 @@ def _staged(name: str, data_dir: str) -> str:
     if not remote.is_prepared():
         if name not in SHIPPED_BUILDERS:
             raise _not_prepared(name, remote, data_dir)
-        local = _builder(name, str(local_root))
-        if not local.is_prepared():
-            log.info("preparing %s into %s (offline, once)", name, local.data_dir)
-            local.download_and_prepare()
+        local = _prepared_shipped(name, str(local_root))
         staging.upload(local.data_dir, remote.data_dir)
         return str(local_root)
     return str(staging.stage(remote.data_dir, data_dir))
+
+
+_PREPARING = threading.Lock()  # one shipped dataset prepared at a time in a process
+
+
+def _prepared_shipped(name: str, data_dir: str) -> Any:
+    """The builder of shipped dataset ``name`` in ``data_dir``, prepared first if needed.
+
+    Runs trained side by side in threads may open the same dataset at the same moment; tfds
+    prepares into a temporary folder and renames it, so a second preparation would fail on
+    the rename. The lock makes the first prepare it and the others find it prepared.
+    """
+    with _PREPARING:
+        builder = _builder(name, data_dir)
+        if not builder.is_prepared():
+            log.info("preparing %s into %s (offline, once)", name, builder.data_dir)
+            builder.download_and_prepare()
+    return builder
 
 
 def _open_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: str,
                transform: LabelTransform | None = None):
     if is_remote(data_dir):
         data_dir = _staged(name, data_dir)
-    builder = _builder(name, data_dir)
     if name in SHIPPED_BUILDERS:
-        if not builder.is_prepared():
-            log.info("preparing %s into %s (offline, once)", name, builder.data_dir)
-            builder.download_and_prepare()
+        builder = _prepared_shipped(name, data_dir)
     else:
+        builder = _builder(name, data_dir)
         if not builder.is_prepared():
             raise _not_prepared(name, builder, data_dir)
         file_format = builder.info.file_format

@@ -70,12 +70,21 @@ def train_side_by_side(names: Sequence[str], train: Callable[[int], str],
     for device in devices:
         free.put(device)
 
-    def one(i: int) -> str:
+    stop = threading.Event()  # a run raised: runs not started yet are not started
+
+    def one(i: int) -> str | None:
         device = free.get()
         _thread.label = names[i]
         try:
+            if stop.is_set():
+                return None
             with parallel.on_device(device):
                 return train(i)
+        except BaseException as e:
+            stop.set()
+            log.error("stopped the sweep (%s); the runs in progress finish first",
+                      type(e).__name__)
+            raise
         finally:
             _thread.label = None
             free.put(device)
