@@ -15,9 +15,9 @@ core, which is faster there):
 
 - ``quick``: random, pretrained, mean_var; seeds 0-7 (24 runs); 100 steps of 32 images;
   test accuracy every 5 steps; threshold 95%. Budgeted for 10 minutes on 2 CPU cores
-  (below); measured 6 min 55 s from a fresh clone (2 cores, install excluded; 8 min 5 s
-  with ``--config.sweep.vectorize=True``, measured before the in-memory batches and the
-  faster report, when one after another took 7 min 44 s).
+  (below); measured 4 min 55 s from a fresh clone (2 cores, install excluded, runs side by
+  side; 8 min 5 s with ``--config.sweep.vectorize=True``, measured before the in-memory
+  batches, side by side and the faster report, when one after another took 7 min 44 s).
 - default / ``digits``: random, pretrained, mean_var, transfusion k = 1..3 (blocks 1..k
   pretrained), shuffled (pretrained values permuted per tensor) and gabor (synthetic conv1);
   seeds 0-2; 400 steps, evaluated every 25.

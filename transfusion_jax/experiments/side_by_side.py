@@ -101,8 +101,12 @@ def train_side_by_side(names: Sequence[str], train: Callable[[int], str],
     pool = concurrent.futures.ThreadPoolExecutor(len(devices), "sweep-run")
     try:
         futures = {pool.submit(one, i): name for i, name in enumerate(names)}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            statuses[futures[future]] = future.result()
+        for future in concurrent.futures.as_completed(futures):
+            status = future.result()
+            if status is None:  # not started: another run raised, which is raised below
+                continue
+            statuses[futures[future]] = status
+            done = len(statuses)
             left = (time.perf_counter() - start) / done * (len(names) - done)
             log.info("sweep: %d/%d runs done%s", done, len(names),
                      f", about {left / 60:.1f} min left" if done < len(names) else "")
